@@ -1,0 +1,11 @@
+"""Fixtures for every test; the helpers themselves live in harness.py so tests can import them."""
+
+from harness import run_module, unique_name_factory  # noqa: F401
+
+import pytest
+
+
+@pytest.fixture
+def unique_name():
+    """Short unique names (interface names are limited to 15 bytes): prefix + 6 hex digits."""
+    return unique_name_factory
