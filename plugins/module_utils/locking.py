@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-LOCK_DIR = os.environ.get("NSBOX_LOCK_DIR", "/run/nsbox/locks")
+LOCK_DIR = os.environ.get("NSBOX_LOCK_DIR", "/run/lock/nsbox")
 
 
 class LockTimeout(TimeoutError):
