@@ -15,6 +15,7 @@ the group is also created in the unified tree, so that it has one place for proc
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
@@ -383,7 +384,7 @@ class Backend:
     def write(self, key: str, value: str) -> None:
         raise NotImplementedError
 
-    def unsupported(self, key: str, value: str) -> str | None:
+    def unsupported(self, key: str, value: str, desired: DesiredState | None = None) -> str | None:
         """Why this backend cannot express key=value, or None."""
         return None
 
@@ -498,12 +499,10 @@ class Cgroup:
         """SIGKILL every process of the group (cgroup.kill where the kernel has it) and wait until
         the group is empty; returns the pids that were in it."""
         victims = self.processes()
-        killed_by_kernel = False
         if self.v2:
             kill_file = os.path.join(self.v2.directory, "cgroup.kill")
             if os.path.exists(kill_file):
                 write_text(kill_file, "1")
-                killed_by_kernel = True
         deadline = time.monotonic() + timeout
         while True:
             remaining = self.processes()
@@ -513,13 +512,11 @@ class Cgroup:
                 raise NsboxError(f"cgroup {self.path}: processes {describe_processes(remaining)} are still "
                                  f"there {timeout:.0f} s after SIGKILL (uninterruptible sleep?); try again",
                                  pids=remaining)
-            if not killed_by_kernel or time.monotonic() > deadline - timeout / 2:
-                # Without cgroup.kill a forking process can race us: kill until nothing is left.
-                for pid in remaining:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+            # Processes that are only in v1 hierarchies escape cgroup.kill, and without it a forking
+            # process races us: signal until nothing is left.
+            for pid in remaining:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             victims = sorted(set(victims) | set(remaining))
             time.sleep(0.02)
 
@@ -604,7 +601,7 @@ class Converger:
         routes = {key: cgroup.backend_for(key_controller(key)) for key in desired.values}
         io_backend = cgroup.backend_for("io") if desired.io_max else None
         for key, value in desired.values.items():
-            why = routes[key].unsupported(key, value)
+            why = routes[key].unsupported(key, value, desired)
             if why:
                 raise NsboxError(f"cannot set {key}={value} on this {cgroup.hierarchy} host: {why}", key=key)
         required = cgroup.required_directories(desired)
@@ -709,7 +706,7 @@ class Converger:
             raise NsboxError(
                 f"cgroup {cgroup.path} still holds processes {describe_processes(pids)}; stop them first, "
                 "or set kill: true to SIGKILL them (cgroup.kill on v2) before removing the group",
-                pids=pids, path=cgroup.path)
+                pids=pids, cgroup=cgroup.path)
         self.diff.add("state", "present", "absent")
         self.diff.add("directories", existing, [])
         if pids:

@@ -102,7 +102,7 @@ class V1Backend(Backend):
                     write_text(os.path.join(directory, name), read_text(os.path.join(parent, name)))
 
     # -- values ----------------------------------------------------------------------------
-    def unsupported(self, key: str, value: str) -> str | None:
+    def unsupported(self, key: str, value: str, desired: DesiredState | None = None) -> str | None:
         if key in NO_V1_EQUIVALENT:
             return f"{key} has no cgroup v1 equivalent: {NO_V1_EQUIVALENT[key]}"
         if key not in SAME_FILE and key not in TRANSLATED:
@@ -110,6 +110,11 @@ class V1Backend(Backend):
         if key == "memory.swap.max" and not self._has_memsw() and value != "0":
             return ("memory.swap.max other than 0 needs swap accounting (memory.memsw.limit_in_bytes), "
                     "which this kernel lacks (boot with swapaccount=1); use memory_swap_max: 0 or leave it out")
+        if key == "memory.swap.max" and self._has_memsw() and value != "max":
+            memory = (desired.values.get("memory.max") if desired else None) or self.read("memory.max") or "max"
+            if memory == "max":
+                return ("memory.swap.max needs a finite memory_max on cgroup v1, where swap is limited as "
+                        "memory.memsw.limit_in_bytes = memory + swap; set memory_max too")
         return None
 
     def notes(self, desired: DesiredState) -> list[str]:

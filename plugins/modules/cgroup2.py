@@ -233,7 +233,6 @@ killed:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-
 from ansible_collections.nsbox.primitives.plugins.module_utils.cgroups import (
     Converger,
     desired_from_params,
@@ -251,19 +250,20 @@ class CgroupManager(Manager):
 
     def _converger(self) -> Converger:
         cgroup = open_cgroup(self.params["path"], self.params["hierarchy"], self.params["root"])
-        self.result.update(hierarchy=cgroup.hierarchy, path=cgroup.path)
+        # "path" is set only on success: failure details use that key for the file concerned.
+        self.result["hierarchy"] = cgroup.hierarchy
         return Converger(cgroup, self.diff, self.undo, self.check_mode)
 
     def present(self) -> None:
         desired = desired_from_params(self.params)
         converger = self._converger()
         self.result.update(converger.present(desired), notes=converger.notes,
-                           processes=converger.cgroup.processes())
+                           processes=converger.cgroup.processes(), path=converger.cgroup.path)
 
     def absent(self) -> None:
         converger = self._converger()
         self.result.update(converger.absent(self.params["kill"]), notes=[],
-                           processes=converger.cgroup.processes())
+                           processes=converger.cgroup.processes(), path=converger.cgroup.path)
 
 
 def main() -> None:
