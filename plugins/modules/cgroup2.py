@@ -239,7 +239,7 @@ from ansible_collections.nsbox.primitives.plugins.module_utils.cgroups import (
     open_cgroup,
     validate_path,
 )
-from ansible_collections.nsbox.primitives.plugins.module_utils.manager import Manager
+from ansible_collections.nsbox.primitives.plugins.module_utils.manager import Manager, kernel_error
 
 
 class CgroupManager(Manager):
@@ -253,6 +253,13 @@ class CgroupManager(Manager):
         # "path" is set only on success: failure details use that key for the file concerned.
         self.result["hierarchy"] = cgroup.hierarchy
         return Converger(cgroup, self.diff, self.undo, self.check_mode)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except OSError as error:
+            raise kernel_error(error, f"cgroup {self.params['path']}",
+                               "Check that the cgroup hierarchy is mounted read-write and that you are root") from None
 
     def present(self) -> None:
         desired = desired_from_params(self.params)
