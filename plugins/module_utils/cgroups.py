@@ -75,7 +75,7 @@ def validate_path(path: str) -> str:
     if not text or text.startswith("/"):
         raise NsboxError(f"cgroup path {path!r} must be relative to the cgroup root, e.g. nsbox/web; "
                          "the root option says where the hierarchy is mounted", path=path)
-    parts = [p for p in text.rstrip("/").split("/")]
+    parts = text.rstrip("/").split("/")
     for part in parts:
         if part in ("", ".", ".."):
             raise NsboxError(f"cgroup path {path!r} may not contain empty, '.' or '..' components: "
@@ -620,12 +620,14 @@ class Converger:
             name = os.path.relpath(change.directory, cgroup.v2.mount) if cgroup.v2 else change.directory
             self.diff.add(f"subtree_control {name}", " ".join(change.before), " ".join(change.after))
         if not self.check_mode:
+            # Directories first: ancestors that do not exist yet have no subtree_control to write.
+            # Enabling controllers above existing children is fine while none of them holds processes.
+            for directory in missing:
+                self._make_directory(directory)
             for change in subtree:
                 cgroup.v2.apply_subtree_change(change)  # type: ignore[union-attr]
                 self.undo.push(f"disable {change.enable} in {change.directory}",
                                lambda c=change: cgroup.v2.apply_subtree_change(c, enable=False))
-            for directory in missing:
-                self._make_directory(directory)
 
         values: dict[str, str | None] = {}
         for key in _ordered(list(desired.values)):

@@ -185,7 +185,7 @@ class V1Backend(Backend):
             if text is None:
                 return None
             for line in text.splitlines():
-                device, _, value = line.partition(" ")
+                device, _sep, value = line.partition(" ")
                 if value.strip() and value.strip() != "0":
                     devices.setdefault(device, {})[field] = value.strip()
         lines = []
@@ -198,7 +198,7 @@ class V1Backend(Backend):
         if key in SAME_FILE:
             write_text(self._file(SAME_FILE[key], key), value)
         elif key == "cpu.max":
-            quota, _, period = value.partition(" ")
+            quota, _sep, period = value.partition(" ")
             if period:
                 write_text(self._file("cpu", "cpu.cfs_period_us"), period)
             write_text(self._file("cpu", "cpu.cfs_quota_us"), "-1" if quota == "max" else quota)
@@ -211,9 +211,9 @@ class V1Backend(Backend):
         elif key == "memory.swap.max":
             self._write_swap(value)
         elif key == "io.max":
-            device, _, fields = value.partition(" ")
+            device, _sep, fields = value.partition(" ")
             for item in fields.split():
-                field, _, amount = item.partition("=")
+                field, _sep, amount = item.partition("=")
                 write_text(self._file("blkio", IO_FILES[field]), f"{device} {0 if amount == 'max' else amount}")
         else:
             raise NsboxError(f"{key} has no cgroup v1 equivalent", key=key)

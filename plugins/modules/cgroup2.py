@@ -30,7 +30,7 @@ description:
     O(kill=true), then removes the group's directories bottom-up in every hierarchy.
   - A failed run removes the directories it created and restores values it changed.
 author:
-  - nsbox.primitives contributors
+  - nsbox.primitives contributors (@nsbox-primitives)
 options:
   path:
     description:
@@ -157,8 +157,10 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check mode and predict exactly the changes (and diff) of a real run.
     support: full
   diff_mode:
+    description: Shows before and after of every value, directory and subtree_control it changes.
     support: full
 notes:
   - Never changes cgroups other than O(path), its descendants, and the C(cgroup.subtree_control) of its
