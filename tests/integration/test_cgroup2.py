@@ -301,3 +301,38 @@ def test_failed_run_removes_what_it_created(top):
     result = run_module("cgroup2", {"path": f"{top}/half", "pids_max": 8, "cpuset_cpus": "7"}, expect_failure=True)
     assert "cpuset" in result["msg"] and result.get("rolled_back"), result
     assert not [r for r in _hierarchy_roots() if os.path.exists(os.path.join(r, top))]
+
+
+def test_v1_only_group_is_emptied_with_signals_and_removed(top, spawn):
+    path = f"{top}/v1"
+    params = {"path": path, "hierarchy": "v1", "controllers": ["freezer"]}
+    results = four_runs("cgroup2", params)
+    assert results[-1]["hierarchy"] == "v1"
+    # No limit given: the group lives where asked (freezer), never in the unified tree with hierarchy=v1.
+    assert results[-1]["directories"] == [os.path.join(LAYOUT.v1["freezer"], path)]
+    sleeper = spawn(path, ["/bin/sleep", "300"], hierarchy="v1")
+    deadline = time.monotonic() + 5
+    while not open_cgroup(path, "v1").processes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with open(f"/proc/{sleeper.pid}/cgroup") as membership:
+        assert f"freezer:/{path}\n" in membership.read()
+    removed = run_module("cgroup2", {"path": top, "state": "absent", "hierarchy": "v1", "kill": True})
+    assert removed["killed"] == [sleeper.pid]
+    assert sleeper.wait(timeout=10) == -signal.SIGKILL
+    assert not os.path.exists(os.path.join(LAYOUT.v1["freezer"], top))
+
+
+def test_add_process_joins_every_hierarchy_of_the_group(top, spawn):
+    path = f"{top}/join"
+    run_module("cgroup2", {"path": path, "pids_max": 8, "memory_max": "64M"})
+    sleeper = spawn(path, ["/bin/sleep", "300"])
+    deadline = time.monotonic() + 5
+    while sleeper.pid not in open_cgroup(path).processes() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    with open(f"/proc/{sleeper.pid}/cgroup") as membership:
+        lines = membership.read().splitlines()
+    for prefix in ("pids", "memory", ""):
+        assert any(line.split(":", 1)[1] == f"{prefix}:/{path}" for line in lines), (prefix, lines)
+    assert open_cgroup(path).processes() == [sleeper.pid]
+    assert open_cgroup(path).kill() == [sleeper.pid]
+    assert sleeper.wait(timeout=10) == -signal.SIGKILL
