@@ -1,7 +1,7 @@
 """Fixtures for every test; the helpers themselves live in harness.py so tests can import them."""
 
 import pytest
-from harness import run_module, unique_name_factory  # noqa: F401
+from harness import unique_name_factory
 
 
 @pytest.fixture

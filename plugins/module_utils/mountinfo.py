@@ -96,7 +96,7 @@ class Mount:
                 continue
             if key == "lowerdir":
                 # "a:b::c" means a and b are merged layers and c is a data-only layer.
-                merged, _, data_only = value.partition("::")
+                merged, _separator, data_only = value.partition("::")
                 lowers.extend(unescape(p) for p in _split_unescaped(merged, ":") if p)
                 datadirs.extend(unescape(p) for p in _split_unescaped(data_only, ":") if p)
             elif key == "lowerdir+":

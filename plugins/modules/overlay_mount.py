@@ -19,7 +19,7 @@ description:
     removes what it created again.
   - Two runs on the same O(path) never interleave (a per-path lock).
 author:
-  - nsbox.primitives contributors
+  - nsbox.primitives contributors (@nsbox)
 options:
   path:
     description:
@@ -66,8 +66,9 @@ options:
   propagation:
     description:
       - Mount propagation of the overlay. C(private) keeps mounts made inside a container from leaking
-        to the host and back. (C(slave) is not offered: below a private parent the kernel turns it into
-        C(private), so it could never be reached.)
+        to the host and back.
+      - C(slave) is not offered because below a private parent the kernel turns it into C(private), so it
+        could never be reached.
     type: str
     choices: [private, shared, unbindable]
     default: private
@@ -103,11 +104,8 @@ options:
       - Detach a busy mount at once (C(MNT_DETACH)) instead of failing with the processes that hold it.
     type: bool
     default: false
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
+extends_documentation_fragment:
+  - nsbox.primitives.attributes
 notes:
   - Requires root (C(CAP_SYS_ADMIN)) and a kernel with overlayfs.
   - Uses the kernel's new mount API (fsopen) where available, so refusals carry the kernel's reason.
