@@ -5,7 +5,7 @@ set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 venv=${VENV:-$root/.venv}
-export PATH="$venv/bin:$PATH"
+case ":$PATH:" in *":$venv/bin:"*) ;; *) export PATH="$venv/bin:$PATH" ;; esac
 export ANSIBLE_COLLECTIONS_PATH="$root/.ansible/collections"
 export ANSIBLE_LOCAL_TEMP="$root/.ansible/tmp"
 export NSBOX_PYTHON="$venv/bin/python"
@@ -33,7 +33,7 @@ step_integration() {
 }
 
 step_ansible_lint() {
-  ansible-lint --offline -q
+  ansible-lint -q
 }
 
 step_molecule() {

@@ -1,6 +1,6 @@
 # Copyright: nsbox.primitives contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Attributes every module of the collection shares: use `extends_documentation_fragment: [nsbox.primitives.attributes]`."""
+"""Attributes all modules share; use `extends_documentation_fragment: [nsbox.primitives.attributes]`."""
 
 from __future__ import annotations
 
