@@ -13,8 +13,8 @@ from harness import COLLECTION_ROOT
 def test_build_leaves_out_local_state(tmp_path: Path):
     galaxy = Path(sys.executable).parent / "ansible-galaxy"
     (COLLECTION_ROOT / "tests" / "output").mkdir(exist_ok=True)
-    subprocess.run([str(galaxy), "collection", "build", "--force", "--output-path", str(tmp_path), str(COLLECTION_ROOT)],
-                   check=True, capture_output=True, text=True)
+    command = [str(galaxy), "collection", "build", "--force", "--output-path", str(tmp_path), str(COLLECTION_ROOT)]
+    subprocess.run(command, check=True, capture_output=True, text=True)
     [artifact] = tmp_path.glob("nsbox-primitives-*.tar.gz")
     with tarfile.open(artifact) as tar:
         names = tar.getnames()
