@@ -1,8 +1,7 @@
 """Fixtures for every test; the helpers themselves live in harness.py so tests can import them."""
 
-from harness import run_module, unique_name_factory  # noqa: F401
-
 import pytest
+from harness import unique_name_factory
 
 
 @pytest.fixture

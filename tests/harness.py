@@ -66,3 +66,14 @@ def four_runs(name: str, params: dict[str, Any]) -> list[dict[str, Any]]:
 def unique_name_factory(prefix: str = "nsbt") -> str:
     """A short unique name (interface names are limited to 15 bytes): prefix + 6 hex digits."""
     return f"{prefix}{secrets.token_hex(3)}"
+
+
+def run_playbook(playbook: str | Path, *args: str, check: bool = False,
+                 timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run ansible-playbook (of this interpreter's virtualenv) against localhost with this collection."""
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS_PATH), ANSIBLE_NOCOLOR="1",
+               ANSIBLE_LOCALHOST_WARNING="0", ANSIBLE_INVENTORY_UNPARSED_WARNING="0",
+               ANSIBLE_PYTHON_INTERPRETER=sys.executable)
+    command = [str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+               str(playbook), *args, *(["--check"] if check else [])]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout, check=False)

@@ -64,7 +64,7 @@ class UndoStack:
             try:
                 step.action()
                 undone.append(step.description)
-            except Exception as error:  # noqa: BLE001 - keep undoing the rest; report each failure
+            except Exception as error:
                 failed.append(f"{step.description}: {error}")
         return undone, failed
 

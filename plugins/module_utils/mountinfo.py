@@ -21,19 +21,24 @@ def unescape(value: str) -> str:
 
 
 def _split_unescaped(value: str, separator: str) -> list[str]:
-    """Split on a separator that is not preceded by a backslash (overlayfs escapes ``:`` as ``\\:``)."""
-    parts, current, escaped = [], [], False
-    for char in value:
-        if escaped:
-            current.append(char)
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == separator:
+    """Split on a separator unless a backslash escapes it (overlayfs writes a ``:`` in a path as ``\\:``).
+
+    Other backslashes start octal escapes and are kept for unescape() to decode.
+    """
+    parts, current = [], []
+    index = 0
+    while index < len(value):
+        char = value[index]
+        if char == "\\" and value[index + 1:index + 2] == separator:
+            current.append(separator)
+            index += 2
+            continue
+        if char == separator:
             parts.append("".join(current))
             current = []
         else:
             current.append(char)
+        index += 1
     parts.append("".join(current))
     return parts
 
@@ -91,7 +96,7 @@ class Mount:
                 continue
             if key == "lowerdir":
                 # "a:b::c" means a and b are merged layers and c is a data-only layer.
-                merged, _, data_only = value.partition("::")
+                merged, _separator, data_only = value.partition("::")
                 lowers.extend(unescape(p) for p in _split_unescaped(merged, ":") if p)
                 datadirs.extend(unescape(p) for p in _split_unescaped(data_only, ":") if p)
             elif key == "lowerdir+":

@@ -9,6 +9,7 @@ bare errno. Nothing here spawns a process.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -82,6 +83,13 @@ MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_NOEXEC = 0x8
 MOUNT_ATTR_IDMAP = 0x100000
 
+# fsopen(2), fsconfig(2), fsmount(2): the new mount API.
+FSOPEN_CLOEXEC = 0x1
+FSMOUNT_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_CMD_CREATE = 6
+
 # open_tree(2).
 OPEN_TREE_CLONE = 0x1
 OPEN_TREE_CLOEXEC = os.O_CLOEXEC
@@ -116,6 +124,9 @@ _COMMON_SYSCALL_NUMBERS = {
     "pidfd_send_signal": 424,
     "open_tree": 428,
     "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
     "pidfd_open": 434,
     "close_range": 436,
     "mount_setattr": 442,
@@ -260,10 +271,8 @@ def close_range(first: int, last: int = 0xFFFFFFFF, flags: int = 0) -> None:
             if flags & CLOSE_RANGE_CLOEXEC:
                 os.set_inheritable(fd, False)
             else:
-                try:
+                with contextlib.suppress(OSError):
                     os.close(fd)
-                except OSError:
-                    pass
 
 
 def _open_descriptors() -> list[int]:
@@ -312,3 +321,31 @@ def pidfd_open(pid: int) -> int:
 def pidfd_send_signal(pidfd: int, sig: int) -> None:
     _raw_syscall("pidfd_send_signal", ctypes.c_int(pidfd), ctypes.c_int(sig), None, ctypes.c_uint(0),
                  target=f"pidfd {pidfd}")
+
+
+def fsopen(fstype: str) -> int:
+    return _raw_syscall("fsopen", _bytes(fstype), ctypes.c_uint(FSOPEN_CLOEXEC), target=fstype)
+
+
+def fsconfig(fs_fd: int, command: int, key: str | None = None, value: str | None = None,
+             target: str | None = None) -> None:
+    _raw_syscall("fsconfig", ctypes.c_int(fs_fd), ctypes.c_uint(command), _bytes(key), _bytes(value),
+                 ctypes.c_int(0), target=target or key)
+
+
+def fsmount(fs_fd: int, attr_flags: int = 0) -> int:
+    return _raw_syscall("fsmount", ctypes.c_int(fs_fd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attr_flags))
+
+
+def fs_context_messages(fs_fd: int) -> list[str]:
+    """The messages a filesystem logged into an fsopen() context (why a mount was refused)."""
+    messages = []
+    while True:
+        try:
+            raw = os.read(fs_fd, 4096)
+        except OSError:
+            break  # ENODATA: no more messages
+        if not raw:
+            break
+        messages.append(raw.decode(errors="replace").strip())
+    return messages

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every benchmark in bench/ (or those named), each comparing nsbox with its anchors in one run.
+# Benchmarks are not tests: they print measurements and ratios, and write them under bench/output/.
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+venv=${VENV:-$root/.venv}
+export ANSIBLE_COLLECTIONS_PATH="$root/.ansible/collections"
+export PYTHONPATH="$root/.ansible/collections${PYTHONPATH:+:$PYTHONPATH}"
+mkdir -p bench/output
+status=0
+if [ $# -gt 0 ]; then benches=("$@"); else benches=(bench/*.py); fi
+for bench in "${benches[@]}"; do
+  [ -e "$bench" ] || continue
+  echo "=== $bench ==="
+  "$venv/bin/python" "$bench" | tee "bench/output/$(basename "$bench" .py).txt" || status=1
+done
+exit $status
