@@ -30,7 +30,7 @@ description:
     O(kill=true), then removes the group's directories bottom-up in every hierarchy.
   - A failed run removes the directories it created and restores values it changed.
 author:
-  - nsbox.primitives contributors (@nsbox-primitives)
+  - nsbox.primitives contributors (@nsbox)
 options:
   path:
     description:
@@ -155,13 +155,8 @@ options:
         it, a group that holds processes is not removed and the task fails listing them.
     type: bool
     default: false
-attributes:
-  check_mode:
-    description: Can run in check mode and predict exactly the changes (and diff) of a real run.
-    support: full
-  diff_mode:
-    description: Shows before and after of every value, directory and subtree_control it changes.
-    support: full
+extends_documentation_fragment:
+  - nsbox.primitives.attributes
 notes:
   - Never changes cgroups other than O(path), its descendants, and the C(cgroup.subtree_control) of its
     ancestors (v2), and nothing outside O(root).
