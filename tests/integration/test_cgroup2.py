@@ -137,9 +137,13 @@ def busy_share(path: str, seconds: float = 5.0) -> tuple[float, float]:
 @pytest.mark.slow
 def test_cpu_quota_holds_a_busy_loop_at_40_percent(top, spawn):
     path = f"{top}/cpu"
-    params = {"path": path, "cpus": 0.4}
+    # The highest weight (on the group and on its parent, which is what competes with the host's
+    # tasks) lets the loop get its whole quota while other work competes for the CPUs; the quota alone
+    # decides the result.
+    run_module("cgroup2", {"path": top, "cpu_weight": 10000})
+    params = {"path": path, "cpus": 0.4, "cpu_weight": 10000}
     results = four_runs("cgroup2", params)
-    assert results[-1]["values"] == {"cpu.max": "40000 100000"}
+    assert results[-1]["values"] == {"cpu.max": "40000 100000", "cpu.weight": "10000"}
     assert results[-1]["hierarchy"] == "hybrid"
     assert read(v1_file("cpu", path, "cpu.cfs_quota_us")) == "40000"
     assert read(v1_file("cpu", path, "cpu.cfs_period_us")) == "100000"
