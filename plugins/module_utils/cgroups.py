@@ -670,6 +670,11 @@ class Converger:
         if self.check_mode:
             return target
         actual = backend.read(key)
+        if actual is None:
+            raise NsboxError(
+                f"cgroup {self.cgroup.path} has no {key} file ({backend.kind}): this kernel does not offer it "
+                f"(for memory.swap.max: no swap accounting; boot with swapaccount=1). Leave that option out",
+                key=key)
         if actual != target:
             try:
                 backend.write(key, target)
