@@ -130,3 +130,25 @@ def test_hierarchy_detection_on_this_host():
     with pytest.raises(NsboxError, match="does not exist"):
         detect_hierarchy(root="/nonexistent-cgroup-root")
     assert open_cgroup("nsbox-unit-never-created").exists() is False
+
+
+def test_v1_without_swap_accounting_only_offers_swap_0_as_swappiness(tmp_path):
+    """A fake v1 memory hierarchy without memory.memsw.* files: this host's kernel has swap
+    accounting, so the fallback cannot be reached for real here."""
+    from ansible_collections.nsbox.primitives.plugins.module_utils.cgroups import DesiredState
+    from ansible_collections.nsbox.primitives.plugins.module_utils.cgroups_v1 import V1Backend
+
+    (tmp_path / "g").mkdir()
+    (tmp_path / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    (tmp_path / "g" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    # One digit: write_text, like the kernel interface, does not truncate (a regular file keeps the rest).
+    (tmp_path / "g" / "memory.swappiness").write_text("1\n")
+    backend = V1Backend({"memory": str(tmp_path)}, "g")
+    assert "swapaccount=1" in backend.unsupported("memory.swap.max", str(10 << 20))
+    assert backend.unsupported("memory.swap.max", "0") is None
+    assert backend.read("memory.swap.max") == "max" and backend.read("memory.max") == "max"
+    backend.write("memory.swap.max", "0")
+    assert (tmp_path / "g" / "memory.swappiness").read_text().strip() == "0"
+    assert backend.read("memory.swap.max") == "0"
+    notes = backend.notes(DesiredState(values={"memory.swap.max": "0"}))
+    assert notes == ["memory.swap.max 0 is enforced as memory.swappiness=0 (no swap accounting on this kernel)"]
