@@ -20,6 +20,7 @@ import errno
 import os
 import re
 import signal
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,18 +192,18 @@ def normalize_io_line(entry: dict[str, Any]) -> tuple[str, str]:
         except OSError as error:
             raise _bad("io_max.device", device, f"cannot stat the device ({error.strerror}); give a block "
                                                 "device path such as /dev/vda or MAJOR:MINOR") from None
-        import stat as stat_module
-        if not stat_module.S_ISBLK(info.st_mode):
+        if not stat.S_ISBLK(info.st_mode):
             raise _bad("io_max.device", device, "not a block device; give e.g. /dev/vda or MAJOR:MINOR")
         number = f"{os.major(info.st_rdev)}:{os.minor(info.st_rdev)}"
     limits = []
     for name in IO_MAX_FIELDS:
         if entry.get(name) is not None:
             if name.endswith("bps"):
-                size = normalize_size(f"io_max.{name}", entry[name]) if str(entry[name]).lower() != "max" else "max"
-                # Throughput is in bytes, not pages: undo the page rounding of normalize_size.
-                if size != "max":
+                # Bytes per second, not memory: no rounding to pages.
+                try:
                     size = str(parse_size(entry[name]))
+                except SizeError as error:
+                    raise _bad(f"io_max.{name}", entry[name], str(error)) from None
             else:
                 size = normalize_number_or_max(f"io_max.{name}", entry[name])
             if size == "0":
