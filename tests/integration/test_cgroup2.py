@@ -24,7 +24,7 @@ from ansible_collections.nsbox.primitives.plugins.module_utils.cgroups import (
     open_cgroup,
     read_pids,
 )
-from harness import four_runs, run_module
+from harness import COLLECTION_ROOT, four_runs, run_module, run_playbook
 
 ROOT = "/sys/fs/cgroup"
 UNIFIED = "/sys/fs/cgroup/unified"
@@ -340,3 +340,9 @@ def test_add_process_joins_every_hierarchy_of_the_group(top, spawn):
     assert open_cgroup(path).processes() == [sleeper.pid]
     assert open_cgroup(path).kill() == [sleeper.pid]
     assert sleeper.wait(timeout=10) == -signal.SIGKILL
+
+
+def test_through_ansible_playbook(top):
+    proc = run_playbook(COLLECTION_ROOT / "tests" / "integration" / "playbooks" / "cgroup2.yml", "-e", f"cg_path={top}")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "failed=0" in proc.stdout
