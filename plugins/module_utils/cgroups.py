@@ -321,10 +321,12 @@ def _is_cgroup2(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "cgroup.controllers"))
 
 
-def _v1_mounts(root: str) -> dict[str, str]:
+def v1_mounts(root: str, mounts: list[mountinfo.Mount] | None = None) -> dict[str, str]:
+    """v1 controller -> mount point, for the v1 hierarchies mounted below root (co-mounted
+    controllers such as ``cpu,cpuacct`` share one mount point)."""
     controllers: dict[str, str] = {}
     prefix = os.path.realpath(root).rstrip("/") + "/"
-    for mount in mountinfo.read():
+    for mount in mountinfo.read() if mounts is None else mounts:
         if mount.fstype != "cgroup" or not mount.mount_point.startswith(prefix):
             continue
         for name, _value in mount.super_options:
@@ -348,7 +350,7 @@ def detect_hierarchy(hierarchy: str = "auto", root: str | None = None) -> Layout
         unified = os.path.join(root, "unified")
         hint = f" (this host has one at {unified}: pass root={unified})" if _is_cgroup2(unified) else ""
         raise NsboxError(f"{root} is not a cgroup v2 hierarchy{hint}; use hierarchy=auto or v1", path=root)
-    controllers = _v1_mounts(root)
+    controllers = v1_mounts(root)
     if not controllers:
         raise NsboxError(f"no cgroup v1 controllers are mounted below {root} and it is no cgroup2 mount; "
                          "mount a cgroup hierarchy or point root at one", path=root)

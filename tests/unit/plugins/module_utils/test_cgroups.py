@@ -152,3 +152,28 @@ def test_v1_without_swap_accounting_only_offers_swap_0_as_swappiness(tmp_path):
     assert backend.read("memory.swap.max") == "0"
     notes = backend.notes(DesiredState(values={"memory.swap.max": "0"}))
     assert notes == ["memory.swap.max 0 is enforced as memory.swappiness=0 (no swap accounting on this kernel)"]
+
+
+def test_v1_mounts_with_co_mounted_controllers():
+    """Ubuntu 18.04/20.04 hybrid layout: cpu and cpuacct share one hierarchy (text, not this host)."""
+    from ansible_collections.nsbox.primitives.plugins.module_utils import mountinfo
+    from ansible_collections.nsbox.primitives.plugins.module_utils.cgroups import v1_mounts
+    from ansible_collections.nsbox.primitives.plugins.module_utils.cgroups_v1 import V1Backend
+
+    text = (
+        "25 24 0:22 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n"
+        "26 25 0:23 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+        "27 25 0:24 / /sys/fs/cgroup/systemd rw,nosuid - cgroup cgroup rw,xattr,name=systemd\n"
+        "30 25 0:27 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct\n"
+        "31 25 0:28 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory\n"
+        "32 25 0:29 / /sys/fs/cgroup/net_cls,net_prio rw,nosuid - cgroup cgroup rw,net_cls,net_prio\n"
+        "40 23 0:40 / /mnt/other/cgroup/pids rw - cgroup cgroup rw,pids\n"
+    )
+    mounts = v1_mounts("/sys/fs/cgroup", mountinfo.parse(text))
+    assert mounts == {"cpu": "/sys/fs/cgroup/cpu,cpuacct", "cpuacct": "/sys/fs/cgroup/cpu,cpuacct",
+                      "memory": "/sys/fs/cgroup/memory", "net_cls": "/sys/fs/cgroup/net_cls,net_prio",
+                      "net_prio": "/sys/fs/cgroup/net_cls,net_prio"}
+    backend = V1Backend(mounts, "nsbox/web")
+    assert backend.directories_for({"cpu", "memory"}) == ["/sys/fs/cgroup/cpu,cpuacct/nsbox/web",
+                                                          "/sys/fs/cgroup/memory/nsbox/web"]
+    assert "pids" not in backend.controllers()
