@@ -12,7 +12,9 @@ export NSBOX_PYTHON="$venv/bin/python"
 mkdir -p tests/output
 
 step_lint() {
-  ruff check plugins tests tools bench
+  local dirs=()
+  for dir in plugins tests tools bench roles extensions; do [ -d "$dir" ] && dirs+=("$dir"); done
+  ruff check "${dirs[@]}"
 }
 
 step_sanity() {

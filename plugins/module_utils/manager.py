@@ -126,4 +126,5 @@ class Manager:
         if failed:
             details["rollback_failed"] = failed
             msg += "; cleaning up after the failure also failed: " + "; ".join(failed)
-        self.module.fail_json(msg=msg, **details, **self._result())
+        # Failure details win over result keys of the same name (a path in both, say).
+        self.module.fail_json(**{**self._result(), **details, "msg": msg})

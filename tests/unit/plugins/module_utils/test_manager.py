@@ -67,3 +67,15 @@ def test_success_reports_changed_diff_and_result():
     assert finished.kind == "exit"
     assert finished.result["changed"] is True and finished.result["gone"] is True
     assert finished.result["diff"] == {"before": {"thing": "present"}, "after": {"thing": "absent"}}
+
+
+class Clashing(Manager):
+    def present(self):
+        self.result["path"] = "/from/result"
+        raise NsboxError("broken", path="/from/error")
+
+
+def test_failure_details_override_result_keys():
+    with pytest.raises(Finished) as finished:
+        Clashing(RecordingModule("present")).execute()
+    assert finished.value.kind == "fail" and finished.value.result["path"] == "/from/error"
