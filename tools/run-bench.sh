@@ -3,7 +3,7 @@
 # Benchmarks are not tests: they print measurements and ratios, and write them under bench/output/.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
+cd "$root" || exit 1
 venv=${VENV:-$root/.venv}
 export ANSIBLE_COLLECTIONS_PATH="$root/.ansible/collections"
 export PYTHONPATH="$root/.ansible/collections${PYTHONPATH:+:$PYTHONPATH}"

@@ -3,7 +3,7 @@
 # Expects tools/install-deps.sh test to have run (make test does that).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-cd "$root"
+cd "$root" || exit 1
 venv=${VENV:-$root/.venv}
 case ":$PATH:" in *":$venv/bin:"*) ;; *) export PATH="$venv/bin:$PATH" ;; esac
 export ANSIBLE_COLLECTIONS_PATH="$root/.ansible/collections"
