@@ -102,7 +102,7 @@ def _shared_libraries(binary: str) -> list[str]:
 def _copy_preserving_path(root: Path, source: str) -> None:
     """Copy source to the same path inside root, following symlinks on the way (lib -> usr/lib)."""
     real = os.path.realpath(source)
-    for path in {source, real}:
+    for path in dict.fromkeys((source, real)):
         target = root / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists():
