@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Build (once) the Debian 12 base image of the VM test tier; print its directory.
+# Cached in $NSBOX_VM_CACHE keyed by a hash of this script, built in a temp dir and renamed into place.
+set -euo pipefail
+cache=${NSBOX_VM_CACHE:-/var/cache/nsbox-vm}
+packages=systemd,systemd-sysv,openssh-server,python3,python3-pyroute2,nftables,iproute2,busybox-static,nginx-light,stress-ng,kmod,udev
+kernel=$(find /boot -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n1)
+key=$( (cat "$0"; echo "$packages"; basename "$kernel") | sha256sum | cut -c1-16)
+out=$cache/$key
+if [ -f "$out/disk.raw" ]; then echo "$out"; exit 0; fi
+mkdir -p "$cache"
+tmp=$(mktemp -d "$cache/.build.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+start=$SECONDS
+debootstrap --variant=minbase --include="$packages" bookworm "$tmp/root" http://deb.debian.org/debian >&2
+release=${kernel#/boot/vmlinuz-}
+mkdir -p "$tmp/root/lib/modules"
+cp -a "/lib/modules/$release" "$tmp/root/lib/modules/"
+ssh-keygen -q -t ed25519 -N '' -f "$tmp/id_ed25519"
+install -d -m 700 "$tmp/root/root/.ssh"
+install -m 600 "$tmp/id_ed25519.pub" "$tmp/root/root/.ssh/authorized_keys"
+echo nsbox-vm > "$tmp/root/etc/hostname"
+printf '/dev/vda / ext4 defaults 0 1\n' > "$tmp/root/etc/fstab"
+printf 'auto lo\niface lo inet loopback\nallow-hotplug enp0s2\niface enp0s2 inet dhcp\nallow-hotplug ens2\niface ens2 inet dhcp\n' \
+  > "$tmp/root/etc/network/interfaces" 2>/dev/null || true
+mkdir -p "$tmp/root/etc/systemd/network"
+printf '[Match]\nName=en*\n[Network]\nDHCP=yes\n' > "$tmp/root/etc/systemd/network/10-dhcp.network"
+chroot "$tmp/root" systemctl enable systemd-networkd ssh >&2
+printf 'PermitRootLogin prohibit-password\n' > "$tmp/root/etc/ssh/sshd_config.d/nsbox.conf"
+cp "$kernel" "$tmp/vmlinuz"
+cp "/boot/initrd.img-$release" "$tmp/initrd.img"
+mkfs.ext4 -q -d "$tmp/root" "$tmp/disk.raw" 4G >&2
+rm -rf "$tmp/root"
+echo "image built in $((SECONDS - start)) s" >&2
+mv "$tmp" "$out"
+trap - EXIT
+echo "$out"
