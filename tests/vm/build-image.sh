@@ -3,7 +3,7 @@
 # Cached in $NSBOX_VM_CACHE keyed by a hash of this script, built in a temp dir and renamed into place.
 set -euo pipefail
 cache=${NSBOX_VM_CACHE:-/var/cache/nsbox-vm}
-packages=systemd,systemd-sysv,openssh-server,python3,python3-pyroute2,nftables,iproute2,busybox-static,nginx-light,stress-ng,kmod,udev
+packages=systemd,systemd-sysv,openssh-server,python3,python3-pyroute2,nftables,iproute2,busybox-static,nginx-light,stress-ng,kmod,udev,sudo
 kernel=$(find /boot -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n1)
 key=$( (cat "$0"; echo "$packages"; basename "$kernel") | sha256sum | cut -c1-16)
 out=$cache/$key
@@ -17,8 +17,12 @@ release=${kernel#/boot/vmlinuz-}
 mkdir -p "$tmp/root/lib/modules"
 cp -a "/lib/modules/$release" "$tmp/root/lib/modules/"
 ssh-keygen -q -t ed25519 -N '' -f "$tmp/id_ed25519"
-install -d -m 700 "$tmp/root/root/.ssh"
-install -m 600 "$tmp/id_ed25519.pub" "$tmp/root/root/.ssh/authorized_keys"
+# Like an EC2 host: Ansible logs in as an unprivileged user and becomes root through sudo.
+chroot "$tmp/root" useradd --create-home --shell /bin/bash nsbox
+install -d -m 700 -o 1000 -g 1000 "$tmp/root/home/nsbox/.ssh"
+install -m 600 -o 1000 -g 1000 "$tmp/id_ed25519.pub" "$tmp/root/home/nsbox/.ssh/authorized_keys"
+printf 'nsbox ALL=(ALL) NOPASSWD:ALL\n' > "$tmp/root/etc/sudoers.d/nsbox"
+chmod 440 "$tmp/root/etc/sudoers.d/nsbox"
 echo nsbox-vm > "$tmp/root/etc/hostname"
 printf '/dev/vda / ext4 defaults 0 1\n' > "$tmp/root/etc/fstab"
 printf 'auto lo\niface lo inet loopback\nallow-hotplug enp0s2\niface enp0s2 inet dhcp\nallow-hotplug ens2\niface ens2 inet dhcp\n' \
@@ -26,7 +30,7 @@ printf 'auto lo\niface lo inet loopback\nallow-hotplug enp0s2\niface enp0s2 inet
 mkdir -p "$tmp/root/etc/systemd/network"
 printf '[Match]\nName=en*\n[Network]\nDHCP=yes\n' > "$tmp/root/etc/systemd/network/10-dhcp.network"
 chroot "$tmp/root" systemctl enable systemd-networkd ssh >&2
-printf 'PermitRootLogin prohibit-password\n' > "$tmp/root/etc/ssh/sshd_config.d/nsbox.conf"
+printf 'PermitRootLogin no\nPasswordAuthentication no\n' > "$tmp/root/etc/ssh/sshd_config.d/nsbox.conf"
 cp "$kernel" "$tmp/vmlinuz"
 cp "/boot/initrd.img-$release" "$tmp/initrd.img"
 mkfs.ext4 -q -d "$tmp/root" "$tmp/disk.raw" 4G >&2
