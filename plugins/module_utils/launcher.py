@@ -28,8 +28,8 @@ from typing import Any
 from ansible_collections.nsbox.primitives.plugins.module_utils import (
     capabilities,
     cgroups,
-    cgroups_v1,  # noqa: F401 (loaded now: the supervisor must not import once the module's files are gone)
-    cgroups_v2,  # noqa: F401
+    cgroups_v1,
+    cgroups_v2,
     devices,
     namespaces,
     passwd,
@@ -37,6 +37,11 @@ from ansible_collections.nsbox.primitives.plugins.module_utils import (
     seccomp,
     syscalls,
 )
+
+VIEW_ROOT = "/run/nsbox/rootfs-views"
+# Imported now, not on first use: cgroups loads these lazily, and the supervisor lives on after
+# Ansible removed the module's files (a later import would fail).
+_PRELOADED = (cgroups_v1, cgroups_v2)
 
 
 class LaunchError(Exception):
@@ -67,13 +72,20 @@ def launch(spec: dict[str, Any], log_fd: int) -> int:
     theirs.close()
     os.close(error_write)
     pid = None
+    attached: list[str] = []
     try:
-        pid = _talk_to_stage1(spec, ours, stage1)
+        pid = _talk_to_stage1(spec, ours, stage1, attached)
         _wait(stage1)
         message = _read_all(error_read)
     finally:
         ours.close()
         os.close(error_read)
+        for path in attached:
+            # The container holds its own copy; the host's goes as soon as the container ran (or failed).
+            with contextlib.suppress(OSError):
+                syscalls.umount2(path, syscalls.MNT_DETACH)
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
     if message:
         if pid:
             _wait(pid)
@@ -86,7 +98,7 @@ def launch(spec: dict[str, Any], log_fd: int) -> int:
     return pid
 
 
-def _talk_to_stage1(spec: dict[str, Any], sock: socket.socket, stage1: int) -> int | None:
+def _talk_to_stage1(spec: dict[str, Any], sock: socket.socket, stage1: int, attached: list[str]) -> int | None:
     reader = sock.makefile("rb")
     userns = spec.get("user_namespace")
     pid = None
@@ -98,35 +110,54 @@ def _talk_to_stage1(spec: dict[str, Any], sock: socket.socket, stage1: int) -> i
             except OSError as error:
                 sock.sendall(f"error writing the user namespace id maps: {error}\n".encode())
                 continue
-            tree = _idmapped_rootfs(spec, stage1) if userns.get("idmap_rootfs") else None
-            if tree is None:
+            if not userns.get("idmap_rootfs"):
                 sock.sendall(b"mapped\n")
-            else:
-                socket.send_fds(sock, [b"mapped\n"], [tree])
-                os.close(tree)
+                continue
+            try:
+                view = _idmapped_rootfs(spec, stage1)
+            except LaunchError as error:
+                sock.sendall(f"{error}\n".encode())
+                continue
+            attached.append(view)
+            sock.sendall(f"mapped {view}\n".encode())
         elif line.startswith("pid "):
             pid = int(line.split()[1])
     reader.close()
     return pid
 
 
-def _idmapped_rootfs(spec: dict[str, Any], stage1: int) -> int:
-    """A detached copy of the rootfs whose files owned by host ids 0.. appear to the container's user
-    namespace as its ids 0..: the image stays owned by root on disk and needs no chown."""
-    tree = syscalls.open_tree(spec["rootfs"], syscalls.OPEN_TREE_CLONE | syscalls.OPEN_TREE_CLOEXEC
-                              | syscalls.AT_RECURSIVE)
-    userns = os.open(f"/proc/{stage1}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+def _idmapped_rootfs(spec: dict[str, Any], stage1: int) -> str:
+    """An idmapped view of the rootfs, in which files owned by host ids 0.. appear to the container's
+    user namespace as its ids 0..: the image stays owned by root on disk and needs no chown.
+
+    Only a host-privileged process may make it, and a mount namespace owned by the container's user
+    namespace may not attach a tree from outside, so it is attached here, at a private mount point
+    under the state directory, before stage 1 copies the mount table; the caller detaches it after."""
+    # Container root is an unmapped stranger to host-owned directories: every parent of the view
+    # must be searchable by others (0711, nothing listable), unlike the private state directory.
+    view = os.path.join(VIEW_ROOT, spec["name"])
+    for directory in (os.path.dirname(VIEW_ROOT), VIEW_ROOT, view):
+        os.makedirs(directory, exist_ok=True)
+        os.chmod(directory, 0o711)
     try:
-        syscalls.mount_setattr("", attr_set=syscalls.MOUNT_ATTR_IDMAP, userns_fd=userns,
-                               flags=syscalls.AT_EMPTY_PATH | syscalls.AT_RECURSIVE, dirfd=tree)
+        tree = syscalls.open_tree(spec["rootfs"], syscalls.OPEN_TREE_CLONE | syscalls.OPEN_TREE_CLOEXEC
+                                  | syscalls.AT_RECURSIVE)
+        userns = os.open(f"/proc/{stage1}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            syscalls.mount_setattr("", attr_set=syscalls.MOUNT_ATTR_IDMAP, userns_fd=userns,
+                                   flags=syscalls.AT_EMPTY_PATH | syscalls.AT_RECURSIVE, dirfd=tree)
+            syscalls.move_mount(tree, view)
+        finally:
+            os.close(userns)
+            os.close(tree)
+        syscalls.mount(None, view, None, syscalls.MS_PRIVATE)
     except OSError as error:
-        os.close(tree)
+        with contextlib.suppress(OSError):
+            os.rmdir(view)
         raise LaunchError(f"an idmapped mount of the rootfs {spec['rootfs']} failed ({error}); its filesystem "
                           "may not support idmapped mounts: set user_namespace.idmap_rootfs=false and shift "
                           "the owners of the rootfs files by host_uid instead") from None
-    finally:
-        os.close(userns)
-    return tree
+    return view
 
 
 def _wait(pid: int) -> int:
@@ -166,14 +197,14 @@ def _stage1(spec: dict[str, Any], cgroup: Any, sock: socket.socket, error_fd: in
         cgroup.add_process(os.getpid())
     # Before a user namespace: joining a network namespace needs privilege over its owner.
     namespaces.join_named_netns(spec["netns"])
-    tree = None
+    view = None
     if spec.get("user_namespace"):
         syscalls.unshare(syscalls.CLONE_NEWUSER)
         sock.sendall(b"userns\n")
-        message, fds, _flags, _addr = socket.recv_fds(sock, 256, 1)
-        if message.strip() != b"mapped":
-            raise LaunchError(message.decode(errors="replace").strip() or "the supervisor did not map the ids")
-        tree = fds[0] if fds else None
+        reply = sock.recv(4096).decode(errors="replace").strip()
+        if reply.split(" ", 1)[0] != "mapped":
+            raise LaunchError(reply or "the supervisor did not map the ids")
+        view = reply.split(" ", 1)[1] if " " in reply else None
         os.setgroups([])
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
@@ -182,7 +213,7 @@ def _stage1(spec: dict[str, Any], cgroup: Any, sock: socket.socket, error_fd: in
     if pid == 0:
         sock.close()
         try:
-            _stage2(spec, error_fd, log_fd, tree)
+            _stage2(spec, error_fd, log_fd, view)
         except BaseException as error:
             _report(error_fd, error)
         os._exit(127)
@@ -192,25 +223,21 @@ def _stage1(spec: dict[str, Any], cgroup: Any, sock: socket.socket, error_fd: in
 
 # -- stage 2: the container's PID 1 ----------------------------------------------------------------
 
-def _stage2(spec: dict[str, Any], error_fd: int, log_fd: int, tree: int | None) -> None:
+def _stage2(spec: dict[str, Any], error_fd: int, log_fd: int, view: str | None) -> None:
     os.setsid()
     _default_signals()
     os.dup2(log_fd, 1)
     os.dup2(log_fd, 2)
     userns = bool(spec.get("user_namespace"))
-    path = spec["rootfs"]
+    path = view or spec["rootfs"]
     syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
-    if tree is not None:
-        syscalls.move_mount(tree, path)
-        os.close(tree)
-    else:
-        syscalls.mount(path, path, None, syscalls.MS_BIND | syscalls.MS_REC)
+    syscalls.mount(path, path, None, syscalls.MS_BIND | syscalls.MS_REC)
     root = rootfs.Root(path)
     for special in rootfs.SPECIAL_DIRECTORIES:
         root.refuse_symlinked(special)
-    # sysfs belongs to the network namespace: in a user namespace with the host's network it cannot
+    # sysfs belongs to the network namespace: in a user namespace with a network namespace it does not own it cannot
     # be mounted afresh, so the host's is bound read-only (as runc does).
-    rootfs.mount_all(root, devices.standard_mounts(sysfs_bind=userns and spec["netns"] == "host"))
+    rootfs.mount_all(root, devices.standard_mounts(sysfs_bind=userns and spec["netns"] != "private"))
     devices.create_devices(root, bind_from_host=userns)
     with contextlib.suppress(rootfs.RootfsError):
         # Without a cgroup2 hierarchy (v1-only hosts) /sys/fs/cgroup stays an empty read-only sysfs dir.

@@ -157,14 +157,19 @@ class Root:
         return syscalls.openat2(self.fd, "/".join(done) or ".", open_flags, _RESOLVE)
 
 
-def _mount_on(fd: int, mount: Mount) -> None:
+def _mount_on(root: Root, fd: int, mount: Mount) -> None:
     target = fd_path(fd)
     try:
         if mount.flags & MS_BIND:
             syscalls.mount(mount.source, target, None, MS_BIND | (mount.flags & MS_REC))
             extra = mount.flags & (MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
             if extra:
-                _remount_bind(target, extra, recursive=bool(mount.flags & MS_REC))
+                # The descriptor still names the directory below the new mount: resolve again to reach it.
+                fresh = root.open(mount.destination)
+                try:
+                    _remount_bind(fd_path(fresh), extra, recursive=bool(mount.flags & MS_REC))
+                finally:
+                    os.close(fresh)
         else:
             syscalls.mount(mount.source or mount.fstype, target, mount.fstype, mount.flags, mount.data)
     except OSError as error:
@@ -187,7 +192,7 @@ def mount_all(root: Root, mounts: list[Mount]) -> None:
     for mount in mounts:
         fd = root.make(mount.destination, directory=not mount.bind_file)
         try:
-            _mount_on(fd, mount)
+            _mount_on(root, fd, mount)
         finally:
             os.close(fd)
 

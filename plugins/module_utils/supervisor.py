@@ -143,6 +143,11 @@ class _Supervisor:
             log_fd = os.open(self.spec["log_path"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
         except OSError as error:
             return self._start_failed(first, f"opening the log file {self.spec['log_path']} failed: {error}")
+        userns = self.spec.get("user_namespace")
+        if userns:
+            # Payloads reopen /dev/stderr by name: the log must belong to the container's root.
+            with contextlib.suppress(OSError):
+                os.fchown(log_fd, userns["host_uid"], userns["host_gid"])
         try:
             self.pid = launcher.launch(self.spec, log_fd)
         except (launcher.LaunchError, OSError, Exception) as error:
@@ -181,8 +186,7 @@ class _Supervisor:
 
     def _wait_for_exit(self, wake_read: int) -> tuple[int, float]:
         """Wait for PID 1 to end, handling stop requests; returns (exit code, seconds it ran)."""
-        pid = self.pid
-        assert pid is not None
+        pid = self.pid or 0
         pidfd = syscalls.pidfd_open(pid)
         kill_at = None
         try:

@@ -9,12 +9,12 @@ module: nsbox_container
 short_description: Run a supervised container from a root filesystem, isolated as runc isolates it
 version_added: 0.1.0
 description:
-  - Starts, stops, restarts and removes a container made from kernel primitives only: new mount, pid,
+  - Starts, stops, restarts and removes a container made from kernel primitives alone (new mount, pid,
     uts, ipc and cgroup namespaces (network as O(netns) says), the cgroup joined before the payload starts,
     the root made C(rprivate), C(pivot_root) into O(rootfs) with the old root detached, C(/proc),
     a C(/dev) tmpfs with exactly C(null), C(zero), C(full), C(random), C(urandom), C(tty), a new devpts
     instance, C(shm) and C(mqueue), read-only C(/sys) and C(/sys/fs/cgroup), Docker's masked and read-only
-    paths, Docker's default capabilities, C(no_new_privs) and a default seccomp profile.
+    paths, Docker's default capabilities, C(no_new_privs) and a default seccomp profile).
   - Every path inside the rootfs is resolved with C(openat2(RESOLVE_IN_ROOT)), so a symlink in the image never
     redirects a mount onto the host; a rootfs whose C(/proc), C(/sys) or C(/dev) is a symlink is refused.
   - A small supervisor process per container, outside it, outlives the Ansible task, waits for the container's
@@ -159,19 +159,19 @@ options:
     default: default
   rlimits:
     description:
-      - Resource limits by name (C(nofile), C(nproc), C(core), ...): a number for soft and hard, C(soft:hard),
+      - Resource limits by name (C(nofile), C(nproc), C(core), ...), each a number for soft and hard, C(soft:hard),
         a dict with C(soft) and C(hard), or C(unlimited).
     type: dict
   sysctls:
     description:
       - Namespaced sysctls set inside the container (C(net.*) with its own network namespace, C(kernel.shm*),
-        C(kernel.msg*), C(kernel.sem), C(fs.mqueue.*)). Others are refused: they would change the host.
+        C(kernel.msg*), C(kernel.sem), C(fs.mqueue.*)). Others are refused because they would change the host.
     type: dict
   user_namespace:
     description:
       - A user namespace mapping container ids 0..size-1 to host ids from C(host_uid)/C(host_gid), so that
         container root is an unprivileged user on the host. Keys C(host_uid) (default 100000), C(host_gid)
-        (default host_uid), C(size) (default 65536), C(idmap_rootfs) (default true: the rootfs is seen through an
+        (default host_uid), C(size) (default 65536), C(idmap_rootfs) (default true, the rootfs is then seen through an
         idmapped mount, so its files owned by host root appear owned by container root with no chown).
     type: dict
   stop_signal:

@@ -187,15 +187,20 @@ def test_start_errors_are_module_errors(busybox: Path, container):
     assert state_of(name) is None
 
 
-def test_user_caps_rlimits_sysctls_readonly(busybox: Path, container):
+def test_user_caps_rlimits_sysctls_readonly(busybox: Path, container, tmp_path: Path):
     name = container()
-    script = ("grep -E '^(CapEff|CapBnd|Uid|Gid|Groups):' /proc/self/status; echo nofile=$(ulimit -n); "
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "host.txt").write_text("from the host\n")
+    script = ("cat /shared/host.txt; touch /shared/new 2>/dev/null && echo shared-rw=yes; "
+              "grep -E '^(CapEff|CapBnd|Uid|Gid|Groups):' /proc/self/status; echo nofile=$(ulimit -n); "
               "echo somax=$(cat /proc/sys/net/core/somaxconn); touch /rootfile 2>/dev/null && echo rw=yes; "
               "touch /scratch/f && echo scratch=yes; pwd; echo DONE; exec sleep 1000")
     params = _params(name, busybox, script, user="nobody", groups=["root"], workdir="/tmp",
                      cap_drop=["NET_RAW"], cap_add=["NET_ADMIN"], rlimits={"nofile": "512:1024"},
                      sysctls={"net.core.somaxconn": 1000}, readonly_rootfs=True,
-                     mounts=[{"type": "tmpfs", "destination": "/scratch", "options": ["nosuid", "nodev"]}])
+                     mounts=[{"type": "tmpfs", "destination": "/scratch", "options": ["nosuid", "nodev"]},
+                             {"source": str(shared), "destination": "/shared", "options": ["ro"]}])
     result = four_runs("nsbox_container", params)[1]
     log = wait_for_log(result["log_path"], "DONE")
     values = _values(log)
@@ -206,6 +211,7 @@ def test_user_caps_rlimits_sysctls_readonly(busybox: Path, container):
     assert int(values["CapBnd"], 16) == capabilities.mask(sorted(wanted))
     assert values["nofile"] == "512" and values["somax"] == "1000"
     assert "rw=yes" not in log and "scratch=yes" in log and "/tmp" in log.splitlines()
+    assert "from the host" in log and "shared-rw=yes" not in log and not (shared / "new").exists()
 
 
 def test_drift_death_stop_start_restart_absent(busybox: Path, container):
