@@ -39,7 +39,7 @@ def normalize(name: str) -> str:
 
 
 def last_cap() -> int:
-    with contextlib.suppress(OSError, ValueError), open("/proc/sys/kernel/cap_last_cap", encoding="ascii") as handle:
+    with contextlib.suppress(OSError, ValueError), open("/proc/sys/kernel/cap_last_cap", encoding="utf-8") as handle:
         return int(handle.read())
     return max(CAPABILITIES.values())
 
@@ -95,7 +95,7 @@ def switch_user(uid: int, gid: int, groups: list[int]) -> None:
 def status_masks(pid: int | str = "self") -> dict[str, int]:
     """CapInh/CapPrm/CapEff/CapBnd/CapAmb of a process, from /proc/PID/status."""
     masks = {}
-    with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+    with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
         for line in handle:
             key, _sep, value = line.partition(":")
             if key.startswith("Cap"):

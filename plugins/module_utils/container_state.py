@@ -26,7 +26,7 @@ def now() -> str:
 def start_time(pid: int) -> int | None:
     """The kernel's start time of pid (clock ticks since boot), None when there is no such process."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as handle:
+        with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as handle:
             raw = handle.read()
     except OSError:
         return None

@@ -37,6 +37,7 @@ from ansible_collections.nsbox.primitives.plugins.module_utils import (
     seccomp,
     syscalls,
 )
+from ansible_collections.nsbox.primitives.plugins.module_utils.manager import NsboxError
 
 VIEW_ROOT = "/run/nsbox/rootfs-views"
 # Imported now, not on first use: cgroups loads these lazily, and the supervisor lives on after
@@ -178,7 +179,7 @@ def _read_all(fd: int) -> str:
 
 
 def _report(fd: int, error: BaseException) -> None:
-    if isinstance(error, (LaunchError, rootfs.RootfsError, passwd.UserError)):
+    if isinstance(error, (LaunchError, rootfs.RootfsError, passwd.UserError, NsboxError)):
         message = str(error)
     elif isinstance(error, OSError):
         message = f"{error}"
@@ -330,7 +331,7 @@ def _write_sysctls(sysctls: dict[str, str]) -> None:
     for key, value in sysctls.items():
         path = "/proc/sys/" + key.replace(".", "/")
         try:
-            with open(path, "w", encoding="ascii") as handle:
+            with open(path, "w", encoding="utf-8") as handle:
                 handle.write(value)
         except OSError as error:
             raise LaunchError(f"setting sysctl {key}={value} in the container failed: {error.strerror}") from None

@@ -39,9 +39,9 @@ def join_named_netns(netns: str) -> None:
 
 def write_id_maps(pid: int, host_uid: int, host_gid: int, size: int) -> None:
     """Container ids 0..size-1 are host ids host_uid.. (written by a root process outside)."""
-    with open(f"/proc/{pid}/uid_map", "w", encoding="ascii") as handle:
+    with open(f"/proc/{pid}/uid_map", "w", encoding="utf-8") as handle:
         handle.write(f"0 {host_uid} {size}\n")
-    with open(f"/proc/{pid}/gid_map", "w", encoding="ascii") as handle:
+    with open(f"/proc/{pid}/gid_map", "w", encoding="utf-8") as handle:
         handle.write(f"0 {host_gid} {size}\n")
 
 

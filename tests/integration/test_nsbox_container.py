@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 from ansible_collections.nsbox.primitives.plugins.module_utils import capabilities, mountinfo, rootfs
 from container_helpers import processes_of, remove_container, state_of, wait_for, wait_for_log
-from harness import four_runs, run_module
+from harness import COLLECTION_ROOT, four_runs, run_module, run_playbook
 from rootfs_builder import busybox_rootfs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="containers need root")
 
 FILES = Path(__file__).parent / "files"
+PLAYBOOKS = COLLECTION_ROOT / "tests" / "integration" / "playbooks"
 DOCKER_CAPS = capabilities.mask(capabilities.DOCKER_DEFAULT)
 
 
@@ -281,3 +282,11 @@ def test_rootfs_left_clean(tmp_path: Path, container):
     run_module("nsbox_container", {"name": name, "state": "absent", "stop_timeout": 0})
     assert not mountinfo.mounts_below(str(root))
     shutil.rmtree(root)
+
+
+def test_through_ansible_playbook(busybox: Path, container):
+    name = container()
+    proc = run_playbook(PLAYBOOKS / "nsbox_container.yml", "-e", f"rootfs={busybox}", "-e", f"name={name}")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "failed=0" in proc.stdout
+    assert state_of(name) is None

@@ -85,7 +85,7 @@ def cgroup():
     run_module("cgroup2", {"path": path, "cpus": 0.1, "memory_max": "64M"})
     yield path
     run_module("cgroup2", {"path": path, "state": "absent", "kill": True})
-    run_module("cgroup2", {"path": path.split("/")[0], "state": "absent", "kill": True})
+    run_module("cgroup2", {"path": path.split("/", maxsplit=1)[0], "state": "absent", "kill": True})
 
 
 def _get(url: str) -> tuple[int, str]:
