@@ -55,7 +55,7 @@ def median_ms(samples: list[float]) -> float:
 def timed(action, runs: int = RUNS) -> list[float]:
     samples = []
     action()  # warm the page cache and the binaries
-    for _ in range(runs):
+    for _run in range(runs):
         start = time.perf_counter()
         action()
         samples.append(time.perf_counter() - start)

@@ -290,3 +290,22 @@ def test_through_ansible_playbook(busybox: Path, container):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "failed=0" in proc.stdout
     assert state_of(name) is None
+
+
+def test_info_lists_status_pids_and_exit_codes(busybox: Path, container):
+    running, ended = container(), container()
+    started = run_module("nsbox_container", _params(running, busybox, "exec sleep 1000", cgroup=None))
+    run_module("nsbox_container", _params(ended, busybox, "exit 7"))
+    wait_for(lambda: (state_of(ended) or {}).get("status") == "exited", what="the exit to be recorded")
+    listing = {c["name"]: c for c in run_module("nsbox_container_info", {})["containers"]}
+    assert listing[running]["status"] == "running" and listing[running]["pid"] == started["pid"]
+    assert listing[running]["netns"] == "private" and listing[running]["rootfs"] == str(busybox)
+    assert listing[ended]["status"] == "exited" and listing[ended]["exit_code"] == 7 and listing[ended]["pid"] is None
+    one = run_module("nsbox_container_info", {"name": ended})
+    assert [c["name"] for c in one["containers"]] == [ended] and not one["changed"]
+    # A recorded 'running' whose processes are gone (the supervisor killed too) is reported dead.
+    os.kill(started["state"]["supervisor_pid"], signal.SIGKILL)
+    os.kill(started["pid"], signal.SIGKILL)
+    wait_for(lambda: run_module("nsbox_container_info", {"name": running})["containers"][0]["status"] == "dead",
+             what="dead status")
+    assert run_module("nsbox_container_info", {"name": "nbt-no-such"})["containers"] == []
