@@ -76,7 +76,7 @@ def bundle(rootfs: Path, runtime: str, directory: Path) -> Path:
 
 
 def run_runtime(runtime: str, path: Path, state_root: str) -> None:
-    name = f"nbb{secrets.token_hex(4)}"
+    name = f"nbx{secrets.token_hex(4)}"
     subprocess.run([runtime, "--root", state_root, "run", "--bundle", str(path), name], check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
@@ -106,7 +106,7 @@ def crun_in_private_mount_ns(path: Path, state_root: str) -> list[float]:
 
 
 def nsbox_spec(rootfs: Path, cgroup: str | None) -> dict:
-    return container_spec.build({"name": f"nbb{secrets.token_hex(3)}", "state": "started", "rootfs": str(rootfs),
+    return container_spec.build({"name": f"nbx{secrets.token_hex(3)}", "state": "started", "rootfs": str(rootfs),
                                  "command": ["/bin/true"], "cgroup": cgroup, "log_path": "/dev/null"})
 
 
@@ -152,7 +152,7 @@ def remove_cgroups() -> None:
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="nsbox-bench-"))
     results: dict[str, float] = {}
-    module_name = f"nbb{secrets.token_hex(3)}"
+    module_name = f"nbx{secrets.token_hex(3)}"
     try:
         rootfs = busybox_rootfs(work / "rootfs")
         state_root = str(work / "runtime-state")
