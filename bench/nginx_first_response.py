@@ -27,10 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / ".ansible" / "collections"))
 
-import pyroute2  # noqa: E402
-from ansible_collections.nsbox.primitives.plugins.module_utils import capabilities  # noqa: E402
-from harness import run_module  # noqa: E402
-from rootfs_builder import nginx_rootfs  # noqa: E402
+import pyroute2
+from ansible_collections.nsbox.primitives.plugins.module_utils import capabilities
+from harness import run_module
+from rootfs_builder import nginx_rootfs
 
 RUNS = int(os.environ.get("NSBOX_BENCH_RUNS", "5"))
 TAG = secrets.token_hex(3)
@@ -64,7 +64,7 @@ def network_down() -> None:
 def first_200(start: float, timeout: float = 20.0) -> float:
     while time.perf_counter() - start < timeout:
         try:
-            with urllib.request.urlopen(URL, timeout=1) as response:  # noqa: S310 (a bench netns address)
+            with urllib.request.urlopen(URL, timeout=1) as response:
                 if response.status == 200:
                     return time.perf_counter() - start
         except OSError:
