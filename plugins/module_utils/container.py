@@ -76,8 +76,21 @@ class ContainerManager(Manager):
         if not container_spec.NAME_PATTERN.match(self.name):
             raise NsboxError(f"container name {self.name!r}: use letters, digits, '_', '.', '-' (at most 128, "
                              "starting with a letter or digit)", name=self.name)
-        self.observed = container_state.observed(container_state.read(self.name))
+        self.observed = self._settled()
         super().run()
+
+    def _settled(self) -> dict[str, Any]:
+        """The observed state, after waiting out a supervisor caught between states (a run that died
+        while it started or stopped the container): acting on it then could leave two containers."""
+        deadline = time.monotonic() + 30
+        while True:
+            observed = container_state.observed(container_state.read(self.name))
+            if observed["status"] not in ("starting", "stopping") or not observed.get("supervisor_running"):
+                return observed
+            if time.monotonic() > deadline:
+                raise NsboxError(f"container {self.name} has been {observed['status']} for 30 s (supervisor pid "
+                                 f"{observed['supervisor_pid']}); try again, or kill that process", name=self.name)
+            time.sleep(0.05)
 
     # -- states ------------------------------------------------------------------------------------
     def started(self) -> None:
@@ -157,10 +170,14 @@ class ContainerManager(Manager):
             self._report({"status": "running", "pid": None, "spec": spec, "spec_hash": digest,
                           "log_path": spec["log_path"]})
             return
+        log_existed = os.path.lexists(spec["log_path"])
         report = supervisor.spawn(spec, digest)
         if "error" in report:
             state = container_state.read(self.name)
             container_state.remove(self.name)
+            with contextlib.suppress(OSError):
+                if not log_existed and os.path.getsize(spec["log_path"]) == 0:
+                    os.unlink(spec["log_path"])  # nothing half-made: an empty log this run created goes too
             raise NsboxError(f"container {self.name} did not start: {report['error']}", name=self.name,
                              log_path=spec["log_path"], state=state)
         self._report_fresh()

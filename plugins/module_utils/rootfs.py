@@ -121,8 +121,10 @@ class Root:
                 done.append(part)
                 continue
             except OSError as error:
+                if error.errno == errno.ELOOP:
+                    raise RootfsError(f"too many symlinks resolving {inner} in the rootfs {self.path}") from None
                 if error.errno != errno.ENOENT:
-                    raise
+                    raise RootfsError(f"resolving {inner} in the rootfs {self.path} failed: {error}") from None
             parent = syscalls.openat2(self.fd, "/".join(done) or ".", os.O_PATH | os.O_DIRECTORY, _RESOLVE)
             try:
                 try:

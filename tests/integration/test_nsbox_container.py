@@ -185,7 +185,7 @@ def test_start_errors_are_module_errors(busybox: Path, container):
     bad_sysctl = run_module("nsbox_container", {"name": name, "rootfs": str(busybox), "command": ["true"],
                                                 "sysctls": {"vm.swappiness": 1}}, expect_failure=True)
     assert "not namespaced" in bad_sysctl["msg"]
-    assert state_of(name) is None
+    assert state_of(name) is None and not Path(missing["log_path"]).exists()
 
 
 def test_user_caps_rlimits_sysctls_readonly(busybox: Path, container, tmp_path: Path):
