@@ -66,7 +66,7 @@ _NUMBERS = {
     "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433), "mount_setattr": (442, 442),
     "open_tree_attr": (467, 467), "io_uring_setup": (425, 425), "io_uring_enter": (426, 426),
     "io_uring_register": (427, 427), "clone": (56, 220), "clone3": (435, 435), "ptrace": (101, 117),
-    "mknod": (133, None), "mknodat": (259, 33),
+    "mknod": (133, None), "mknodat": (259, 33), "personality": (135, 92),
 }
 
 # Denied unless the container holds the capability (as in Docker's profile).
@@ -165,12 +165,25 @@ def build_filter(capabilities: list[str], machine: str | None = None) -> tuple[b
                         _insn(_RET_K, 0, 0, eperm)]
         else:
             program += [_insn(_JEQ_K, 0, 1, number), _insn(_RET_K, 0, 0, eperm)]
+    program += _personality_rule(_NUMBERS["personality"][column], eperm)
     for name, mode_arg in (("mknod", 1), ("mknodat", 2)):
         number = _NUMBERS[name][column]
         if number is not None:
             program += _device_rule(number, mode_arg, eperm)
     program.append(_insn(_RET_K, 0, 0, RET_ALLOW))
     return b"".join(program), len(program)
+
+
+# Docker allows only these personalities: Linux, PER_LINUX32, UNAME26 and their mix, and the query.
+ALLOWED_PERSONALITIES = [0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF]
+
+
+def _personality_rule(number: int, deny: int) -> list[bytes]:
+    """personality() only with an allowed value: others turn off ASLR (ADDR_NO_RANDOMIZE) and the like."""
+    checks = [_insn(_JEQ_K, len(ALLOWED_PERSONALITIES) - index, 0, value)
+              for index, value in enumerate(ALLOWED_PERSONALITIES)]
+    body = [_insn(_LD_W_ABS, 0, 0, _arg_low(0)), *checks, _insn(_RET_K, 0, 0, deny), _insn(_RET_K, 0, 0, RET_ALLOW)]
+    return [_insn(_JEQ_K, 0, len(body), number), *body]
 
 
 def _device_rule(number: int, mode_arg: int, deny: int) -> list[bytes]:

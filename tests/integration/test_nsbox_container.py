@@ -262,6 +262,16 @@ def test_restart_policy_always_and_on_failure(busybox: Path, container):
     assert final["restart_count"] == 2 and final["exit_code"] == 3
 
 
+def test_stopped_records_a_created_container_then_started(busybox: Path, container):
+    name = container()
+    params = _params(name, busybox, "exec sleep 1000", state="stopped")
+    created = four_runs("nsbox_container", params)[1]
+    assert created["status"] == "created" and created["pid"] is None
+    assert state_of(name)["spec"]["argv"] == ["/bin/sh", "-c", "exec sleep 1000"]
+    started = four_runs("nsbox_container", dict(params, state="started"))[1]
+    assert started["status"] == "running" and processes_of(started["state"])
+
+
 def test_signal_is_delivered(busybox: Path, container):
     name = container()
     script = "trap 'echo got-hup' HUP; echo READY; while true; do sleep 0.1; done"

@@ -12,7 +12,7 @@ X86_64 = 0xC000003E
 I386 = 0x40000003
 NR = {"read": 0, "mount": 165, "unshare": 272, "setns": 308, "keyctl": 250, "bpf": 321, "kexec_load": 246,
       "init_module": 175, "ptrace": 101, "clone": 56, "clone3": 435, "mknod": 133, "mknodat": 259,
-      "chroot": 161, "sethostname": 170, "reboot": 169, "io_uring_setup": 425, "fsopen": 430}
+      "chroot": 161, "sethostname": 170, "personality": 135, "reboot": 169, "io_uring_setup": 425, "fsopen": 430}
 ALLOW = seccomp.RET_ALLOW
 EPERM = seccomp.RET_ERRNO | errno.EPERM
 ENOSYS = seccomp.RET_ERRNO | errno.ENOSYS
@@ -78,6 +78,12 @@ def test_mknod_devices(default):
     assert run(default, NR["mknod"], (0, 0o060660, dev(8, 0))) == EPERM
     assert run(default, NR["mknodat"], (0, 0, 0o010644, 0)) == ALLOW  # a FIFO
     assert run(default, NR["mknodat"], (0, 0, 0o100644, 0)) == ALLOW  # a regular file
+
+
+def test_personality_only_docker_values(default):
+    assert run(default, NR["personality"], (0xFFFFFFFF,)) == ALLOW  # the query
+    assert run(default, NR["personality"], (0x8,)) == ALLOW
+    assert run(default, NR["personality"], (0x0040000,)) == EPERM  # ADDR_NO_RANDOMIZE
 
 
 def test_foreign_abis_are_refused(default):
