@@ -132,11 +132,13 @@ def main() -> int:
         network_up()
         nsbox_once(rootfs)  # warm up
         results["nsbox_container module"] = statistics.median(nsbox_once(rootfs) for _run in range(RUNS)) * 1000
+
         # What any Ansible module process costs here before it does anything (interpreter, imports).
         def baseline() -> float:
             start = time.perf_counter()
             run_module("nsbox_container_info", {"name": "nbx-none"})
             return time.perf_counter() - start
+
         results["(module process baseline: _info)"] = statistics.median(baseline() for _run in range(RUNS)) * 1000
         if shutil.which("runc"):
             bundle = runc_bundle(rootfs, work)
