@@ -91,6 +91,7 @@ options:
     description:
       - Path of an existing cgroup made by M(nsbox.primitives.cgroup2) (same vocabulary, relative to the cgroup
         root). The container's first process joins it before anything else, so the payload never runs outside.
+      - Without it the container stays in the cgroup of its supervisor, the one the Ansible task ran in.
     type: str
   cgroup_root:
     description: Where the cgroup hierarchies are mounted (as the cgroup2 module's O(cgroup_root)).
