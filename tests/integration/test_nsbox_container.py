@@ -61,6 +61,7 @@ echo "dev=$(ls /dev | tr '\n' ' ')"
 echo "pids=$(ls /proc | grep -c '^[0-9]')"
 echo "ifaces=$(tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' ' | tr '\n' ' ')"
 echo "mountpoints=$(cut -d' ' -f5 /proc/self/mountinfo | sort | tr '\n' ' ')"
+echo "cgroups=$(cut -d: -f3 /proc/self/cgroup | sort -u | tr '\n' ' ')"
 echo "keys=$(wc -c < /proc/keys)"
 echo "firmware=$(ls -A /sys/firmware | wc -l)"
 echo "acpi=$(ls -A /proc/acpi 2>/dev/null | wc -l)"
@@ -117,6 +118,7 @@ def test_default_isolation_and_escape_battery(busybox: Path, container):
                                             "stdin", "stdout", "tty", "urandom", "zero"])
     assert int(values["pids"]) <= 4, "host processes are visible"
     assert values["ifaces"].split() == ["lo"], "host interfaces are visible"
+    assert values["cgroups"].split() == ["/"], "the cgroup namespace does not hide the host's tree"
     assert values["keys"] == "0" and values["firmware"] == "0" and values["acpi"] == "0"
     assert "mknod-null=ok" in log  # the standard character devices may still be made
     points = set(values["mountpoints"].split())
