@@ -138,8 +138,10 @@ def _idmapped_rootfs(spec: dict[str, Any], stage1: int) -> str:
     # must be searchable by others (0711, nothing listable), unlike the private state directory.
     view = os.path.join(VIEW_ROOT, spec["name"])
     for directory in (os.path.dirname(VIEW_ROOT), VIEW_ROOT, view):
-        os.makedirs(directory, exist_ok=True)
-        os.chmod(directory, 0o711)
+        os.makedirs(directory, mode=0o711, exist_ok=True)
+        mode = os.stat(directory).st_mode & 0o7777
+        if mode & 0o011 != 0o011:
+            os.chmod(directory, mode | 0o011)  # add search for group and others; take nothing away
     try:
         tree = syscalls.open_tree(spec["rootfs"], syscalls.OPEN_TREE_CLONE | syscalls.OPEN_TREE_CLOEXEC
                                   | syscalls.AT_RECURSIVE)
