@@ -77,6 +77,7 @@ UMOUNT_NOFOLLOW = 0x8
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
 MOUNT_ATTR_RDONLY = 0x1
 MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
@@ -108,7 +109,17 @@ PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 PR_SET_SECCOMP = 22
+PR_SET_KEEPCAPS = 8
+PR_CAP_AMBIENT_IS_SET = 1
 SECCOMP_MODE_FILTER = 2
+SECCOMP_SET_MODE_FILTER = 1
+
+# openat2(2) resolve flags (linux/openat2.h).
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
 
 # close_range(2) flags.
 CLOSE_RANGE_CLOEXEC = 0x4
@@ -129,6 +140,7 @@ _COMMON_SYSCALL_NUMBERS = {
     "fsmount": 432,
     "pidfd_open": 434,
     "close_range": 436,
+    "openat2": 437,
     "mount_setattr": 442,
 }
 
@@ -312,6 +324,30 @@ def move_mount(from_fd: int, to_path: str, from_path: str = "", flags: int = MOV
                to_dirfd: int = AT_FDCWD) -> None:
     _raw_syscall("move_mount", ctypes.c_int(from_fd), _bytes(from_path), ctypes.c_int(to_dirfd),
                  _bytes(to_path), ctypes.c_uint(flags), target=to_path)
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """open relative to dirfd with path-resolution restrictions (RESOLVE_IN_ROOT: dirfd is "/" for
+    every component, symlinks included, so nothing resolves outside it); kernel 5.6 and newer."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    return _raw_syscall("openat2", ctypes.c_int(dirfd), _bytes(path), ctypes.byref(how),
+                        ctypes.c_size_t(ctypes.sizeof(how)), target=path)
+
+
+def seccomp_set_filter(program: bytes, count: int) -> None:
+    """Install a classic-BPF seccomp filter of count instructions (8 bytes each) on this thread."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+
+    class _SockFprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    prog = _SockFprog(count, ctypes.addressof(buffer))
+    _raw_syscall("seccomp", ctypes.c_uint(SECCOMP_SET_MODE_FILTER), ctypes.c_uint(0), ctypes.byref(prog),
+                 target="filter")
 
 
 def pidfd_open(pid: int) -> int:
