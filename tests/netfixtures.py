@@ -99,3 +99,38 @@ class Registry:
                 syscalls.umount2(path, syscalls.MNT_DETACH)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+_LISTENER = """
+import socket, sys
+server = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET)
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind((sys.argv[1], int(sys.argv[2])))
+server.listen(8)
+print('ready', flush=True)
+while True:
+    conn, peer = server.accept()
+    conn.sendall(sys.argv[3].encode())
+    conn.close()
+"""
+
+_CLIENT = """
+import socket, sys
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as conn:
+    print(conn.recv(100).decode())
+"""
+
+
+def listen(registry: Registry, netns: str | None, address: str, port: int, reply: str) -> subprocess.Popen:
+    """A TCP server in netns that answers every connection with reply; returns once it listens."""
+    proc = registry.spawn(netns, sys.executable, "-c", _LISTENER, address, str(port), reply)
+    line = proc.stdout.readline().strip()
+    assert line == "ready", f"listener in {netns} did not start: {line} {proc.stderr.read() if proc.poll() else ''}"
+    return proc
+
+
+def connect(netns: str | None, address: str, port: int) -> str:
+    """Connect from netns to address:port over TCP and return what the server said."""
+    proc = run_in(netns, sys.executable, "-c", _CLIENT, address, str(port))
+    assert proc.returncode == 0, f"TCP from {netns or 'the host'} to {address}:{port} failed: {proc.stderr}"
+    return proc.stdout.strip()

@@ -94,9 +94,10 @@ class VethManager(Manager):
     def lock_name(self) -> str:
         return f"{self.params.get('netns') or ''}/{self.params['name']}"
 
-    def run(self) -> None:
+    def execute(self) -> None:
+        # Namespaces stay open until the end: undoing a failed run needs them.
         try:
-            super().run()
+            super().execute()
         finally:
             for ns in self.namespaces.values():
                 if ns is not None:
@@ -184,8 +185,9 @@ class VethManager(Manager):
                                  f"that one, or choose another peer name", interface=b_spec.name)
         elif b is not None:
             other = self._describe_peer_of(b_ns, b)
-            raise NsboxError(f"peer {b_spec.label} already exists ({b.kind or 'not a veth'}{other}) and is not the "
-                             f"peer of {a_spec.label}; choose another peer name or remove it first",
+            kind = b.kind or "an interface of no kind, physical?"
+            raise NsboxError(f"peer {b_spec.label} already exists ({kind}{other}) and is not the peer of "
+                             f"{a_spec.label}; choose another peer name or remove it first",
                              interface=b_spec.name, netns=b_spec.netns)
 
         self._record("interface", before["interface"], a_spec)
