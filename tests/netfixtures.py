@@ -134,3 +134,14 @@ def connect(netns: str | None, address: str, port: int) -> str:
     proc = run_in(netns, sys.executable, "-c", _CLIENT, address, str(port))
     assert proc.returncode == 0, f"TCP from {netns or 'the host'} to {address}:{port} failed: {proc.stderr}"
     return proc.stdout.strip()
+
+
+def subnet() -> tuple[int, int]:
+    """x, y of a 10.x.y.0/24 for one test (inside namespaces the test made, so nothing leaves the machine)."""
+    raw = secrets.randbelow(150 * 250)
+    return 100 + raw // 250, raw % 250
+
+
+def ip(*args: str) -> None:
+    """Change something by hand with another tool, as an operator would (drift)."""
+    subprocess.run(["ip", *args], check=True, capture_output=True)

@@ -4,22 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
-import subprocess
 
 import pytest
 from harness import four_runs, run_module
-from netfixtures import connect, ip_json, link_exists, listen, ping
-
-
-def subnet() -> tuple[int, int]:
-    """A 10.x.y.0/24 of this test's own (the namespaces are the test's, so nothing leaves the machine)."""
-    raw = secrets.randbelow(250 * 250)
-    return 100 + raw // 250 % 150, raw % 250
-
-
-def ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True)
+from netfixtures import connect, ip, ip_json, link_exists, listen, ping, subnet
 
 
 @pytest.fixture
