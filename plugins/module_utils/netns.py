@@ -244,7 +244,6 @@ class NetnsManager(Manager):
                              "/proc/sys/net inside it)", sysctl=unknown)
 
     def _loopback_up(self, record: bool) -> None:
-        assert self.ns is not None
         lo = netlink.get_link(self.ns, "lo")
         if lo is None:
             raise NsboxError(f"network namespace {self.name} has no loopback interface", path=self.path)

@@ -199,7 +199,6 @@ class VethManager(Manager):
         if a is None:
             self._create(a_ns, b_ns, a_spec, b_spec)
         elif move:
-            assert peer_link is not None
             self._bring_back(peer_link, b_ns, b_spec)
         self._converge(b_ns, b_spec, None)
         self._converge(a_ns, a_spec, bridge)
@@ -258,7 +257,6 @@ class VethManager(Manager):
     def _bring_back(self, found: tuple[str | None, netlink.Link], b_ns: netlink.Namespace, spec: EndSpec) -> None:
         ns_name, peer = found
         ns = self.namespaces[ns_name]
-        assert ns is not None
         where = "the host" if ns_name is None else f"netns {ns_name}"
         if ns.inode == b_ns.inode:
             # The kernel renames only interfaces that are down; converging brings it up again.

@@ -9,8 +9,9 @@ module: bridge
 short_description: Create, converge and remove Linux bridges in the host or a network namespace
 version_added: 0.1.0
 description:
-  - Manages a Linux bridge (the switch that container veth ends are plugged into, see the O(bridge) option of
-    M(nsbox.primitives.veth)), its addresses, MTU and administrative state, over netlink (pyroute2).
+  - Manages a Linux bridge (the switch that container veth ends are plugged into, see the
+    O(nsbox.primitives.veth#module:bridge) option of M(nsbox.primitives.veth)), its addresses, MTU and
+    administrative state, over netlink (pyroute2).
   - Drift (an address changed by hand, the bridge set down, another MTU) is repaired and shown in the diff.
   - O(state=absent) removes the bridge and returns the ports that were attached; the ports themselves stay.
   - A name taken by an interface that is not a bridge is an error; such an interface is never touched.

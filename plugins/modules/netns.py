@@ -10,14 +10,14 @@ short_description: Create and remove named network namespaces, with loopback and
 version_added: 0.1.0
 description:
   - Manages a named network namespace the way C(ip netns add) keeps it, so that C(ip netns list) and
-    C(ip netns exec NAME ...) see it: the namespace is bind-mounted on C(/run/netns/NAME).
+    C(ip netns exec NAME ...) see it; the namespace is bind-mounted on C(/run/netns/NAME).
   - Names match exactly (unlike community.general.ip_netns, which matches substrings).
   - Brings the loopback interface up inside the namespace and applies network sysctls inside it, idempotently.
   - C(/run/netns) is made a mount point of its own with private propagation when it is not one yet, and each
     namespace mount is private, so that mount namespaces made later do not receive them as propagating peers.
     Removal detaches the mount lazily, so it never fails with EBUSY.
   - O(state=absent) refuses while processes still live in the namespace and names them; O(kill=true) kills them.
-  - Never creates a namespace by accident: lookups open C(/run/netns/NAME) without creating it.
+  - Never creates a namespace by accident; lookups open C(/run/netns/NAME) without creating it.
 author:
   - nsbox.primitives contributors (@nsbox)
 options:

@@ -10,7 +10,7 @@ short_description: Create, converge and remove veth pairs between the host and n
 version_added: 0.1.0
 description:
   - Manages a virtual ethernet pair whose ends live in the host or in named network namespaces (made with
-    M(nsbox.primitives.netns)): two containers wired to each other, or a container to the host or to a bridge.
+    M(nsbox.primitives.netns)), such as two containers wired to each other, or a container to the host or to a bridge.
   - The end called O(name) in O(netns) identifies the pair. Its peer is found through the kernel's own link
     between the ends, so a peer that was renamed or moved to another named namespace is moved back, renamed and
     configured again; an address that drifted or a link set down by hand is repaired. The diff shows each change.
@@ -53,7 +53,7 @@ options:
     type: str
   addresses:
     description:
-      - Addresses of this end in CIDR form (C(10.0.0.1/24), C(fd00::1/64)). The list is authoritative: other
+      - Addresses of this end in CIDR form (C(10.0.0.1/24), C(fd00::1/64)). The list is authoritative; other
         addresses are removed, except IPv6 link-local ones the kernel adds itself. Omitted leaves addresses alone.
     type: list
     elements: str
