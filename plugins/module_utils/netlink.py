@@ -407,6 +407,8 @@ def converge_addresses(ns: Namespace, index: int, wanted: list[str], what: str) 
                 ns.ipr.addr("del", index=index, address=str(interface.ip), prefixlen=interface.network.prefixlen)
             except NetlinkError as error:
                 raise netlink_error(error, f"removing address {cidr} from {what}") from None
+    # Removing a primary address takes its secondaries with it, so look again before adding.
+    current = addresses(ns, index)
     for cidr in wanted:
         if cidr not in current:
             interface = ipaddress.ip_interface(cidr)

@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from harness import four_runs, run_module
+from harness import COLLECTIONS_PATH, four_runs, run_module
 from netfixtures import connect, ip, ip_json, link_exists, listen, ping, subnet
 
 
@@ -100,6 +100,19 @@ def test_drift_is_repaired_and_shown(made, two_netns):
               "after": {"peer": {"link_state": "up",
                                  "routes": [{"dst": "default", "gateway": f"10.{x}.{y}.2", "metric": 0}]}}})
 
+    # The peer renamed where it is, and its MAC address changed.
+    ip("-n", blue, "link", "set", "eth0", "down")
+    ip("-n", blue, "link", "set", "eth0", "name", "eth9")
+    ip("-n", blue, "link", "set", "eth9", "up")
+    args["peer"]["mac"] = "02:00:00:00:00:03"
+    # (Setting it down took its default route away too.)
+    repaired({"before": {"peer": {"name": "eth9", "mac": ip_json(blue, "link", "show", "dev", "eth9")[0]["address"],
+                                  "routes": []}},
+              "after": {"peer": {"name": "eth0", "mac": "02:00:00:00:00:03",
+                                 "routes": [{"dst": "default", "gateway": f"10.{x}.{y}.2", "metric": 0}]}}})
+    ip("-n", blue, "link", "set", "eth0", "address", "02:00:00:00:00:09")
+    repaired({"before": {"peer": {"mac": "02:00:00:00:00:09"}}, "after": {"peer": {"mac": "02:00:00:00:00:03"}}})
+
     # The peer moved to another namespace and renamed there: it is brought back.
     ip("-n", blue, "link", "set", "eth0", "netns", elsewhere)
     ip("-n", elsewhere, "link", "set", "eth0", "name", "stray0")
@@ -116,6 +129,23 @@ def test_drift_is_repaired_and_shown(made, two_netns):
     real = run_module("veth", args)
     assert real["diff"]["before"]["peer"]["netns"] is None and real["peer"]["netns"] == blue
     assert ping(blue, f"10.{x}.{y}.2").returncode == 0
+
+
+def test_a_peer_in_an_unnamed_namespace_cannot_be_brought_back(made, two_netns):
+    red, blue = two_netns
+    run_module("veth", {"name": "veth0", "netns": red, "peer": {"name": "eth0", "netns": blue}})
+    # A process in a network namespace of its own, with no name under /run/netns.
+    holder = made.python_in(None, f"import sys, time\nsys.path.insert(0, {str(COLLECTIONS_PATH)!r})\n"
+                                  "from ansible_collections.nsbox.primitives.plugins.module_utils import syscalls\n"
+                                  "syscalls.unshare(syscalls.CLONE_NEWNET)\nprint('ready', flush=True)\n"
+                                  "time.sleep(300)")
+    assert holder.stdout.readline().strip() == "ready", holder.stderr.read()
+    ip("-n", blue, "link", "set", "eth0", "netns", str(holder.pid))
+    failed = run_module("veth", {"name": "veth0", "netns": red, "peer": {"name": "eth0", "netns": blue}},
+                        expect_failure=True)
+    assert "in a network namespace without a name" in failed["msg"] and "state: absent" in failed["msg"]
+    # Removing the pair still works: deleting one end deletes both.
+    four_runs("veth", {"name": "veth0", "netns": red, "state": "absent"})
 
 
 def _nothing_left(*ends: tuple[str | None, str]) -> None:
