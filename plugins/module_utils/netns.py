@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 from ansible_collections.nsbox.primitives.plugins.module_utils import mountinfo, netlink, syscalls
+from ansible_collections.nsbox.primitives.plugins.module_utils.locking import object_lock
 from ansible_collections.nsbox.primitives.plugins.module_utils.manager import Manager, NsboxError, kernel_error
 
 
@@ -116,7 +117,9 @@ def _rmdir_if_empty(path: str) -> None:
 
 def create_named(name: str, undo: Any) -> None:
     path = netlink.netns_path(name)
-    ensure_run_dir(undo)
+    # Runs for different names may race to make /run/netns a mount point; only one may do it.
+    with object_lock("netns-dir", netlink.NETNS_DIR):
+        ensure_run_dir(undo)
     if not os.path.lexists(path):
         os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
         undo.push(f"remove {path}", lambda: os.unlink(path))
