@@ -56,6 +56,28 @@ def read_sysctls(ns: netlink.Namespace, names: list[str]) -> dict[str, str | Non
     return values
 
 
+def fresh_sysctls(names: list[str]) -> dict[str, str | None]:
+    """The values a new network namespace starts with, read in a throwaway one (gone when the thread leaves)."""
+    if not names:
+        return {}
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    values: dict[str, str | None] = {}
+    try:
+        syscalls.unshare(syscalls.CLONE_NEWNET)
+        try:
+            for name in names:
+                try:
+                    with open(sysctl_path(name)) as handle:
+                        values[name] = " ".join(handle.read().split())
+                except OSError:
+                    values[name] = None
+        finally:
+            syscalls.setns(home, syscalls.CLONE_NEWNET, "the module's own network namespace")
+    finally:
+        os.close(home)
+    return values
+
+
 def write_sysctl(ns: netlink.Namespace, name: str, value: str) -> None:
     with netlink.inside(ns.fd, ns.label):
         try:
@@ -195,6 +217,8 @@ class NetnsManager(Manager):
                 wanted["loopback"] = "up"
             if sysctls:
                 wanted["sysctls"] = sysctls
+            # Known before anything is made: a key a new namespace lacks fails the same in check mode.
+            self._refuse_unknown([k for k, v in fresh_sysctls(list(sysctls)).items() if v is None])
             self.diff.add("netns", {"exists": False}, wanted)
             if self.check_mode:
                 self._report(True, sysctls)
@@ -207,8 +231,6 @@ class NetnsManager(Manager):
             if self.ns is None:
                 raise NsboxError(f"network namespace {self.name} was mounted at {self.path} but cannot be opened "
                                  "again", path=self.path)
-            unknown = [k for k, v in read_sysctls(self.ns, list(sysctls)).items() if v is None]
-            self._refuse_unknown(unknown)
             if loopback:
                 self._loopback_up(record=False)
             for key, value in sysctls.items():
