@@ -6,7 +6,7 @@ import os
 import time
 
 from ansible_collections.nsbox.primitives.plugins.module_utils import mountinfo
-from harness import four_runs, run_module
+from harness import COLLECTIONS_PATH, four_runs, run_module
 from netfixtures import NETNS_DIR, ip_json, netns_exists, run_in
 
 
@@ -128,3 +128,19 @@ def test_a_file_that_is_not_a_namespace_is_refused(made):
     open(path, "w").close()
     four_runs("netns", {"name": name})
     assert mountinfo.mount_at(path).fstype == "nsfs"
+
+
+def test_removal_while_another_mount_namespace_holds_a_copy(made):
+    """A mount namespace made after the netns (a container's, say) has its own copy of the mount: removing the
+    name must not fail with EBUSY, and the host's mount table must be clean afterwards."""
+    name = made.new_netns()
+    run_module("netns", {"name": name})
+    holder = made.python_in(None, f"import sys, time\nsys.path.insert(0, {str(COLLECTIONS_PATH)!r})\n"
+                                  "from ansible_collections.nsbox.primitives.plugins.module_utils import syscalls\n"
+                                  "syscalls.unshare(syscalls.CLONE_NEWNS)\nprint('ready', flush=True)\n"
+                                  "time.sleep(300)")
+    assert holder.stdout.readline().strip() == "ready", holder.stderr.read()
+    with open(f"/proc/{holder.pid}/mountinfo") as handle:
+        assert f" {NETNS_DIR}/{name} " in handle.read(), "the other mount namespace has a copy"
+    four_runs("netns", {"name": name, "state": "absent"})
+    assert not netns_exists(name) and mountinfo.mount_at(f"{NETNS_DIR}/{name}") is None

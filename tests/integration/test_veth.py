@@ -7,7 +7,7 @@ import os
 
 import pytest
 from harness import COLLECTIONS_PATH, four_runs, run_module
-from netfixtures import connect, ip, ip_json, link_exists, listen, ping, subnet
+from netfixtures import connect, ip, ip_json, link_exists, listen, netns_exists, ping, subnet
 
 
 @pytest.fixture
@@ -184,6 +184,7 @@ def test_bad_input_fails_clearly_and_leaves_nothing(made, two_netns):
             failed = run_module("veth", {**base, **extra}, check=check, expect_failure=True)
             assert names in failed["msg"] and fix in failed["msg"], (extra, failed["msg"])
         _nothing_left((red, "veth0"), (blue, "veth1"))
+        assert not netns_exists(missing), "a lookup created a namespace"
 
 
 def test_names_taken_by_other_interfaces(made, two_netns):
