@@ -3,7 +3,7 @@
 # Cached in $NSBOX_VM_CACHE keyed by a hash of this script, built in a temp dir and renamed into place.
 set -euo pipefail
 cache=${NSBOX_VM_CACHE:-/var/cache/nsbox-vm}
-packages=systemd,systemd-sysv,openssh-server,python3,python3-pyroute2,nftables,iproute2,busybox-static,nginx-light,stress-ng,kmod,udev,sudo
+packages=systemd,systemd-sysv,openssh-server,python3,python3-pyroute2,nftables,iproute2,busybox-static,nginx-light,stress-ng,kmod,udev,sudo,python3-apt
 kernel=$(find /boot -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n1)
 key=$( (cat "$0"; echo "$packages"; basename "$kernel") | sha256sum | cut -c1-16)
 out=$cache/$key

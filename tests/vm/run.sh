@@ -24,13 +24,20 @@ cleanup() {
 }
 trap cleanup EXIT
 qemu-img create -q -f qcow2 -b "$image/disk.raw" -F raw "$run/overlay.qcow2"
-port=$("$venv"/bin/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# Two free ports of 127.0.0.1 (both sockets open at once, so they differ): SSH, and the deployment's nginx
+# (published on the VM's port 8080), which this machine reaches on 127.0.0.1:$http_port.
+read -r port http_port < <("$venv"/bin/python -c '
+import socket
+socks = [socket.socket() for _ in range(2)]
+for s in socks:
+    s.bind(("127.0.0.1", 0))
+print(*(s.getsockname()[1] for s in socks))')
 ssh_opts=(-i "$image/id_ed25519" -p "$port" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=5 -o BatchMode=yes)
 qemu-system-x86_64 -machine q35,accel=tcg -m 2048 -smp 2 -nographic -no-reboot \
   -kernel "$image/vmlinuz" -initrd "$image/initrd.img" \
   -append "root=/dev/vda rw console=ttyS0 systemd.unified_cgroup_hierarchy=1 net.ifnames=1" \
   -drive "file=$run/overlay.qcow2,if=virtio,format=qcow2" \
-  -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:22" -device virtio-net-pci,netdev=n0 \
+  -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:${port}-:22,hostfwd=tcp:127.0.0.1:${http_port}-:8080" -device virtio-net-pci,netdev=n0 \
   >"$run/console.log" 2>&1 &
 qemu_pid=$!
 for _ in $(seq 1 120); do
@@ -53,7 +60,7 @@ for playbook in tests/vm/playbooks/*.yml; do
 done
 if [ -f extensions/molecule/vm/molecule.yml ]; then
   if [ -f playbooks/deploy-nginx.yml ]; then
-    (cd extensions && NSBOX_VM_INVENTORY="$run/inventory.ini" "$venv"/bin/molecule test -s vm)
+    (cd extensions && NSBOX_VM_INVENTORY="$run/inventory.ini" NSBOX_VM_HTTP_PORT=$http_port "$venv"/bin/molecule test -s vm)
   else
     echo "--- molecule vm scenario SKIPPED: playbooks/deploy-nginx.yml does not exist yet"
   fi
