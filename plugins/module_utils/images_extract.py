@@ -225,20 +225,21 @@ class ExtractResult:
     skipped_devices: list[str] = field(default_factory=list)
 
 
-def member_path(name: str, what: str = "member") -> list[str]:
+def member_path(name: str, what: str = "member", member: str | None = None) -> list[str]:
     """The components of a member name inside the layer; refuses absolute, `..` and over-long names."""
+    member = name if member is None else member
     if name.startswith("/"):
         raise UnsafeMember(f"{what} {name!r} has an absolute path; layers hold relative names only",
-                           member=name)
+                           member=member)
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
-        raise UnsafeMember(f"{what} {name!r} climbs out of the layer with '..'", member=name)
+        raise UnsafeMember(f"{what} {name!r} climbs out of the layer with '..'", member=member)
     if len(os.fsencode("/".join(parts))) > PATH_MAX:
-        raise UnsafeMember(f"{what} {name[:80]!r}... is longer than PATH_MAX ({PATH_MAX} bytes)", member=name[:200])
+        raise UnsafeMember(f"{what} {name[:80]!r}... is longer than PATH_MAX ({PATH_MAX} bytes)", member=member[:200])
     for part in parts:
         if len(os.fsencode(part)) > NAME_MAX:
             raise UnsafeMember(f"{what} {name[:80]!r}... has a component longer than NAME_MAX ({NAME_MAX} bytes)",
-                               member=name[:200])
+                               member=member[:200])
     return parts
 
 
@@ -400,7 +401,8 @@ class LayerExtractor:
             os.close(fd)
 
     def _hardlink(self, member: tarfile.TarInfo, rel: str, path: str) -> None:
-        target_parts = member_path(member.linkname, what=f"hardlink target of member {member.name!r}:")
+        target_parts = member_path(member.linkname, what=f"hardlink target of member {member.name!r}:",
+                                   member=member.name)
         target = "/".join(target_parts)
         kind = self.types.get(target)
         if kind is None or kind == DIR:
