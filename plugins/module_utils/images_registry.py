@@ -60,7 +60,7 @@ class Reference:
 
 def parse_reference(image: str) -> Reference:
     """docker.io/library/nginx:1.27, nginx, localhost:5000/app@sha256:..., as Docker reads them."""
-    rest, _, digest = image.partition("@")
+    rest, _at, digest = image.partition("@")
     if digest:
         digest_hex(digest, f"digest of image {image!r}")
     first, slash, remainder = rest.partition("/")
@@ -94,7 +94,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def _challenge(header: str) -> tuple[str, dict[str, str]]:
-    scheme, _, rest = header.strip().partition(" ")
+    scheme, _space, rest = header.strip().partition(" ")
     params = dict(re.findall(r'(\w+)="([^"]*)"', rest))
     return scheme.lower(), params
 

@@ -47,7 +47,7 @@ DIGEST_PREFIX = "sha256:"
 
 
 def digest_hex(digest: str, what: str = "digest") -> str:
-    algorithm, _, value = digest.partition(":")
+    algorithm, _colon, value = digest.partition(":")
     if algorithm != "sha256" or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
         raise NsboxError(f"{what} {digest!r} is not a sha256 digest (sha256: and 64 lowercase hex digits)")
     return value
@@ -180,9 +180,9 @@ class Store:
             temporary = self._temporary(diff_id)
             try:
                 with opener() as raw:
-                    result, blob_digest, _ = extract_layer(raw, temporary, digest=digest, diff_id=diff_id,
-                                                           allow_devices=allow_devices, zstd=zstd,
-                                                           progress=progress)
+                    result, blob_digest, _diff_id = extract_layer(
+                        raw, temporary, digest=digest, diff_id=diff_id, allow_devices=allow_devices, zstd=zstd,
+                        progress=progress)
                 record = self._commit(temporary, diff_id, blob_digest, result)
             except BaseException:
                 shutil.rmtree(temporary, ignore_errors=True)

@@ -199,7 +199,7 @@ class RootfsExportManager(Manager):
         if os.path.lexists(self.dest) and record is None and (
                 not os.path.isdir(self.dest) or os.path.islink(self.dest) or os.listdir(self.dest)):
             raise NsboxError(f"dest {self.dest} exists and was not written by rootfs_export; remove it or "
-                                 "choose another dest", path=self.dest)
+                             "choose another dest", path=self.dest)
         self.diff.add(f"dest {self.dest}", before, wanted)
         if self.check_mode:
             return

@@ -104,7 +104,7 @@ def test_whiteouts_become_overlayfs_form(tmp_path: Path):
         member("var/cache/new", data=b"x"),
         member(".wh..wh.plnk"),
     )
-    _, root = extract(tmp_path, blob)
+    root = extract(tmp_path, blob)[1]
     motd = os.lstat(root / "etc/motd")
     assert stat.S_ISCHR(motd.st_mode) and motd.st_rdev == 0
     assert os.getxattr(root / "var/cache", OPAQUE_XATTR) == b"y"
@@ -122,7 +122,7 @@ def test_later_members_replace_earlier_ones(tmp_path: Path):
         member("c", data=b"old"),
         member("c", data=b"new"),
     )
-    _, root = extract(tmp_path, blob)
+    root = extract(tmp_path, blob)[1]
     assert os.readlink(root / "a") == "elsewhere"
     assert stat.S_ISDIR(os.lstat(root / "b").st_mode)
     assert (root / "c").read_bytes() == b"new"
@@ -131,7 +131,7 @@ def test_later_members_replace_earlier_ones(tmp_path: Path):
 def test_devices_only_when_allowed(tmp_path: Path):
     blob = make_tar(member("dev", tarfile.DIRTYPE), member("dev/null", tarfile.CHRTYPE, mode=0o666,
                                                            devmajor=1, devminor=3))
-    (result, _, _), root = extract(tmp_path, blob)
+    (result, *_digests), root = extract(tmp_path, blob)
     assert result.skipped_devices == ["dev/null"] and not (root / "dev/null").exists()
     other = fresh(tmp_path, "other")
     extract_layer(io.BytesIO(blob), str(other), allow_devices=True)
@@ -149,8 +149,8 @@ def test_devices_only_when_allowed(tmp_path: Path):
     ([member("d", tarfile.DIRTYPE), member("x", tarfile.LNKTYPE, linkname="d")], "not a file written earlier", "x"),
     ([member("evil", tarfile.SYMTYPE, linkname="/etc"), member("evil/passwd", data=b"x")],
      "through the symlink 'evil'", "evil/passwd"),
-    ([member("evil", tarfile.SYMTYPE, linkname="/"), member("evil/etc/passwd", tarfile.LNKTYPE,
-                                                           linkname="evil")],
+    ([member("evil", tarfile.SYMTYPE, linkname="/"),
+      member("evil/etc/passwd", tarfile.LNKTYPE, linkname="evil")],
      "through the symlink 'evil'", "evil/etc/passwd"),
     ([member("up", tarfile.SYMTYPE, linkname=".."), member("up/x", tarfile.SYMTYPE, linkname="y")],
      "through the symlink 'up'", "up/x"),
@@ -175,8 +175,7 @@ def test_digest_and_diff_id_are_checked(tmp_path: Path):
     blob = make_tar(member("a", data=b"x"))
     compressed = gzip.compress(blob)
     right = "sha256:" + hashlib.sha256(compressed).hexdigest()
-    (_, digest, _), _ = extract(tmp_path, compressed, digest=right,
-                                      diff_id="sha256:" + hashlib.sha256(blob).hexdigest())
+    digest = extract(tmp_path, compressed, digest=right, diff_id="sha256:" + hashlib.sha256(blob).hexdigest())[0][1]
     assert digest == right
     with pytest.raises(CorruptLayer, match="blob digest mismatch: expected sha256:0+, got " + right):
         extract_layer(io.BytesIO(compressed), str(fresh(tmp_path, "a")), digest="sha256:" + "0" * 64)
@@ -200,12 +199,12 @@ def test_truncated_and_corrupt_streams(tmp_path: Path):
 def test_zstd_and_multi_member_gzip(tmp_path: Path):
     blob = make_tar(member("a", data=b"zstd content" * 1000))
     zstd = subprocess.run(["zstd", "-q", "-c"], input=blob, capture_output=True, check=True).stdout
-    (_, _, diff_id), root = extract(tmp_path, zstd)
+    (*_rest, diff_id), root = extract(tmp_path, zstd)
     assert diff_id == "sha256:" + hashlib.sha256(blob).hexdigest()
     assert (root / "a").read_bytes() == b"zstd content" * 1000
     half = len(blob) // 2
     multi = gzip.compress(blob[:half]) + gzip.compress(blob[half:])
-    _, _, diff_id = extract_layer(io.BytesIO(multi), str(fresh(tmp_path, "other")))
+    diff_id = extract_layer(io.BytesIO(multi), str(fresh(tmp_path, "other")))[2]
     assert diff_id == "sha256:" + hashlib.sha256(blob).hexdigest()
     with pytest.raises(CorruptLayer, match="zstd"):
         extract_layer(io.BytesIO(zstd[:-20]), str(fresh(tmp_path, "broken")), zstd=shutil.which("zstd"))
