@@ -13,6 +13,7 @@ layers for the refusal tests.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import shutil
@@ -21,6 +22,7 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ansible_collections.nsbox.primitives.plugins.module_utils import syscalls
 from rootfs_builder import busybox_rootfs, nginx_rootfs
 
 CAP_NET_BIND = bytes.fromhex("0100000200040000000000000000000000000000")
@@ -153,3 +155,19 @@ def tree_listing(root: Path) -> dict[str, tuple]:
             listing[rel] = (kind, st.st_mode & 0o7777, st.st_uid, st.st_gid, detail, cap, st.st_nlink
                             if kind == 0o100000 else None)
     return listing
+
+
+@contextlib.contextmanager
+def overlay_of(lowerdirs: list[str], target: Path):
+    target.mkdir()
+    syscalls.mount("overlay", str(target), "overlay", syscalls.MS_RDONLY, "lowerdir=" + ":".join(lowerdirs))
+    try:
+        yield target
+    finally:
+        syscalls.umount2(str(target), syscalls.MNT_DETACH)
+
+
+def assert_same_tree(actual: dict, expected: dict):
+    assert sorted(actual) == sorted(expected), set(actual) ^ set(expected)
+    different = {name: (actual[name], expected[name]) for name in expected if actual[name] != expected[name]}
+    assert not different, different

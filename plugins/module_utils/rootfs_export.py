@@ -284,6 +284,8 @@ class RootfsExportManager(Manager):
             reused_layers=self.reused, downloaded_bytes=self.downloaded,
             skipped_devices=self._skipped_devices(diff_ids),
         )
+        if self.source_kind == "registry":
+            self.result["registry_requests"] = self._opened_source.requests
 
     def _skipped_devices(self, diff_ids: list[str | None]) -> list[str]:
         skipped: list[str] = []

@@ -255,6 +255,11 @@ downloaded_bytes:
   description: Bytes of layer blobs this run read from the source.
   type: int
   returned: success and state is present
+registry_requests:
+  description: HTTP requests this run made to the registry (and its token service). A tag already present costs
+    one; an image pinned by digest and present costs none.
+  type: int
+  returned: success, state is present and source is registry
 skipped_devices:
   description: Device nodes in the layers that were not created (see O(allow_devices)).
   type: list

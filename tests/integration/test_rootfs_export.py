@@ -3,7 +3,6 @@ flattened dest equal `umoci unpack` of the same image; shared layers; refusals l
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
@@ -13,12 +12,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from ansible_collections.nsbox.primitives.plugins.module_utils import syscalls
 from harness import four_runs, run_module
 from image_builder import (
     CAP_NET_BIND,
     _entry,
+    assert_same_tree,
     build_images,
+    overlay_of,
     run,
     skopeo,
     tree_listing,
@@ -46,22 +46,6 @@ def images(tmp_path_factory):
 @pytest.fixture
 def store(tmp_path: Path):
     yield tmp_path / "store"
-
-
-@contextlib.contextmanager
-def overlay_of(lowerdirs: list[str], target: Path):
-    target.mkdir()
-    syscalls.mount("overlay", str(target), "overlay", syscalls.MS_RDONLY, "lowerdir=" + ":".join(lowerdirs))
-    try:
-        yield target
-    finally:
-        syscalls.umount2(str(target), syscalls.MNT_DETACH)
-
-
-def assert_same_tree(actual: dict, expected: dict):
-    assert sorted(actual) == sorted(expected), set(actual) ^ set(expected)
-    different = {name: (actual[name], expected[name]) for name in expected if actual[name] != expected[name]}
-    assert not different, different
 
 
 def test_oci_layout_overlay_and_dest_equal_umoci(images, store: Path, tmp_path: Path):
