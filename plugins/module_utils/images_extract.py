@@ -88,40 +88,41 @@ class HashingReader:
 
 
 class _GzipReader:
-    """Incremental gzip decompression (multi-member aware) that notices truncation."""
+    """Incremental gzip decompression (multi-member aware) that notices truncation.
+
+    read() returns at most size bytes and may return fewer (callers loop), which saves joining buffers.
+    """
 
     def __init__(self, raw: HashingReader) -> None:
         self.raw = raw
         self.inflater = zlib.decompressobj(wbits=31)
-        self.buffer = b""
+        self.pending = b""
         self.eof = False
 
     def read(self, size: int = -1) -> bytes:
         size = CHUNK if size is None or size < 0 else size
-        while len(self.buffer) < size and not self.eof:
-            compressed = self.inflater.unconsumed_tail or self.raw.read(CHUNK)
+        while not self.eof:
+            compressed = self.inflater.unconsumed_tail or self.pending or self.raw.read(CHUNK)
+            self.pending = b""
             if not compressed:
                 if not self.inflater.eof:
                     raise CorruptLayer("the gzip stream ends early (truncated download or file)")
                 self.eof = True
                 break
             try:
-                self.buffer += self.inflater.decompress(compressed, CHUNK)
+                data = self.inflater.decompress(compressed, size)
             except zlib.error as error:
                 raise CorruptLayer(f"the gzip stream is corrupt: {error}") from None
             if self.inflater.eof:
-                rest = self.inflater.unused_data
-                self.inflater = zlib.decompressobj(wbits=31)
-                if rest:
-                    self.buffer += self.inflater.decompress(rest, CHUNK)
+                # Another gzip member may follow (pigz and concatenated streams).
+                self.pending = self.inflater.unused_data or self.raw.read(CHUNK)
+                if self.pending:
+                    self.inflater = zlib.decompressobj(wbits=31)
                 else:
-                    following = self.raw.read(CHUNK)
-                    if not following:
-                        self.eof = True
-                    else:
-                        self.buffer += self.inflater.decompress(following, CHUNK)
-        data, self.buffer = self.buffer[:size], self.buffer[size:]
-        return data
+                    self.eof = True
+            if data:
+                return data
+        return b""
 
 
 class _ZstdReader:
@@ -189,14 +190,18 @@ class LayerStream:
             self.inner = _ZstdReader(replay, zstd)  # type: ignore[arg-type]
         else:
             self.inner = replay
-        self.tar = HashingReader(self.inner)
+        # Uncompressed, the tar is the blob: one digest serves both.
+        self.tar = self.blob if self.compression == "none" else HashingReader(self.inner)
 
     def read(self, size: int = -1) -> bytes:
+        if self.compression == "none":
+            return self.inner.read(size)
         return self.tar.read(size)
 
     def finish(self) -> None:
         """Read to the end (tar padding after the end-of-archive blocks counts toward both digests)."""
-        self.tar.drain()
+        while self.read(CHUNK):
+            pass
         self.blob.drain()
 
 
@@ -384,7 +389,9 @@ class LayerExtractor:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         self.types[rel] = FILE
         try:
-            source = archive.extractfile(member)
+            # Straight from the tar stream (the stream mode positions at the member's data), skipping the
+            # buffered file object layers of extractfile; sparse members need its map, so they use it.
+            source = archive.extractfile(member) if member.sparse is not None else archive.fileobj
             remaining = member.size
             while remaining > 0:
                 data = source.read(min(CHUNK, remaining))

@@ -192,7 +192,7 @@ def test_truncated_and_corrupt_streams(tmp_path: Path):
     corrupt[len(corrupt) // 2] ^= 0xFF
     with pytest.raises(CorruptLayer):
         extract_layer(io.BytesIO(bytes(corrupt)), str(fresh(tmp_path, "a")))
-    with pytest.raises(CorruptLayer, match="truncated in member 'big'"):
+    with pytest.raises(CorruptLayer, match=r"(truncated in member|ends inside member) 'big'"):
         extract_layer(io.BytesIO(blob[:100_000]), str(fresh(tmp_path, "b")))
 
 
