@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import queue
 import shutil
 import stat
 import subprocess
@@ -219,6 +220,119 @@ class _Replay:
         return self.raw.read(size)
 
 
+class Prefetcher:
+    """Reads, hashes and decompresses the layer in a thread of its own, a few chunks ahead, while the
+    caller parses and writes: zlib and hashlib release the GIL, so the two overlap as `tar -z` does."""
+
+    def __init__(self, read: Callable[[int], bytes], depth: int = 8) -> None:
+        self._read = read
+        self.chunks: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self.stopped.is_set():
+                chunk = self._read(CHUNK)
+                self._put(chunk)
+                if not chunk:
+                    return
+        except BaseException as error:  # handed to the reading thread
+            self.error = error
+            self._put(b"")
+
+    def _put(self, chunk: bytes) -> None:
+        while not self.stopped.is_set():
+            try:
+                self.chunks.put(chunk, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, _size: int = CHUNK) -> bytes:
+        if self.stopped.is_set():
+            return b""
+        chunk = self.chunks.get()
+        if not chunk:
+            self.stopped.set()
+            if self.error:
+                raise self.error
+        return chunk
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join()
+
+
+class ForwardReader:
+    """A stream as a file object with tell() and forward seek(), so that tarfile can read it in its
+    random-access mode: its stream mode copies its whole buffer for every 512-byte header it reads."""
+
+    def __init__(self, read: Callable[[int], bytes]) -> None:
+        self._read = read
+        self.buffer = b""
+        self.index = 0
+        self.pos = 0
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            parts = [self.buffer[self.index:]]
+            while chunk := self._read(CHUNK):
+                parts.append(chunk)
+            self.buffer, self.index = b"", 0
+            data = b"".join(parts)
+            self.pos += len(data)
+            return data
+        available = len(self.buffer) - self.index
+        if available >= size:
+            data = self.buffer[self.index:self.index + size]
+            self.index += size
+            self.pos += size
+            return data
+        parts = [self.buffer[self.index:]] if available else []
+        got = available
+        self.buffer, self.index = b"", 0
+        while got < size:
+            chunk = self._read(CHUNK)
+            if not chunk:
+                break
+            need = size - got
+            if len(chunk) > need:
+                parts.append(chunk[:need])
+                self.buffer, self.index = chunk, need
+                got = size
+                break
+            parts.append(chunk)
+            got += len(chunk)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.pos += len(data)
+        return data
+
+    def seek(self, target: int, whence: int = 0) -> int:
+        if whence == 1:
+            target += self.pos
+        elif whence != 0:
+            raise OSError("a layer stream can only seek from its start or its position")
+        delta = target - self.pos
+        if delta < 0:
+            if -delta > self.index:
+                raise OSError("cannot seek backwards in a layer stream")
+            self.index += delta
+            self.pos = target
+            return target
+        while delta > 0:
+            skipped = self.read(min(delta, CHUNK))
+            if not skipped:
+                break
+            delta -= len(skipped)
+        return self.pos
+
+
 # -- extraction ----------------------------------------------------------------------------------
 
 
@@ -317,7 +431,7 @@ class LayerExtractor:
 
     def extract(self, stream: IO[bytes]) -> ExtractResult:
         try:
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=CHUNK) as archive:
+            with tarfile.open(fileobj=ForwardReader(stream.read), mode="r:") as archive:
                 for member in archive:
                     self._current = member.name
                     self._member(archive, member)
@@ -389,7 +503,7 @@ class LayerExtractor:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         self.types[rel] = FILE
         try:
-            # Straight from the tar stream (the stream mode positions at the member's data), skipping the
+            # Straight from the tar stream (positioned at the member's data after its header), skipping the
             # buffered file object layers of extractfile; sparse members need its map, so they use it.
             source = archive.extractfile(member) if member.sparse is not None else archive.fileobj
             remaining = member.size
@@ -470,10 +584,14 @@ def extract_layer(raw: IO[bytes], root: str, *, digest: str | None = None, diff_
         raise NsboxError(f"layer directory {root} is not empty; layers are extracted into fresh directories only",
                          path=root)
     stream = LayerStream(raw, zstd=zstd, progress=progress)
+    prefetcher = Prefetcher(stream.read)
     try:
-        result = LayerExtractor(root, allow_devices=allow_devices).extract(stream)
-        stream.finish()
+        result = LayerExtractor(root, allow_devices=allow_devices).extract(prefetcher)
+        while prefetcher.read():
+            pass  # the rest (tar padding) counts toward both digests
+        stream.blob.drain()
     finally:
+        prefetcher.close()
         if isinstance(stream.inner, _ZstdReader) and stream.inner.proc.poll() is None:
             stream.inner.proc.kill()
             stream.inner.proc.wait()
