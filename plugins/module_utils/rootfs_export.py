@@ -30,7 +30,8 @@ from ansible_collections.nsbox.primitives.plugins.module_utils.images_store impo
     check_stack,
     flatten,
 )
-from ansible_collections.nsbox.primitives.plugins.module_utils.manager import Manager, NsboxError
+from ansible_collections.nsbox.primitives.plugins.module_utils.manager import Manager, NsboxError, kernel_error
+from ansible_collections.nsbox.primitives.plugins.module_utils.syscalls import KernelCallError
 
 LOCAL_SOURCES = ("oci-layout", "oci-archive", "docker-archive", "rootfs-tar")
 
@@ -59,6 +60,16 @@ class RootfsExportManager(Manager):
         self.key = hashlib.sha256(json.dumps(
             [self.source_kind, self.params["image"], self.path, str(self.platform)]).encode()).hexdigest()[:32]
         return f"{self.store.root}:{self.key}"
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except (NsboxError, KernelCallError):
+            raise
+        except OSError as error:
+            # Disk full, permissions, a store on a filesystem without xattrs or device nodes...
+            raise kernel_error(error, f"rootfs_export of {self.params['image'] or self.path}",
+                               "check the store's filesystem (space, xattr support, mounted nodev?)") from None
 
     def _validate(self) -> None:
         p = self.params

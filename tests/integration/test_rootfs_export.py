@@ -12,7 +12,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from harness import four_runs, run_module
+from ansible_collections.nsbox.primitives.plugins.module_utils import mountinfo
+from harness import COLLECTION_ROOT, four_runs, run_module, run_playbook
 from image_builder import (
     CAP_NET_BIND,
     _entry,
@@ -290,3 +291,31 @@ def test_interrupted_unpack_leaves_nothing_half_made(images, store: Path):
     assert diff_id in result["unpacked_layers"]
     assert os.listdir(store / "tmp") == []
     assert (layers / f"{diff_id[7:]}.json").exists()
+
+
+def test_through_ansible_playbook_with_overlay_mount(images, tmp_path: Path):
+    playbook = COLLECTION_ROOT / "tests" / "integration" / "playbooks" / "rootfs_export.yml"
+    proc = run_playbook(playbook, "-e", f"base={tmp_path}", "-e", f"layout={images.layout}")
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    assert "failed=0" in proc.stdout
+    assert not mountinfo.mounts_below(str(tmp_path))
+
+
+def test_overlay_mount_takes_a_long_layer_list(tmp_path: Path):
+    """Store paths are long: three layers already pass fsconfig's 256-byte string limit (lowerdir+ then)."""
+    lowers = []
+    for index in range(4):
+        layer = tmp_path / "layers" / (f"{index}" * 64)
+        (layer / f"file{index}").parent.mkdir(parents=True)
+        (layer / f"file{index}").write_text(str(index))
+        lowers.append(str(layer))
+    assert len(":".join(lowers)) > 256
+    args = {"path": str(tmp_path / "merged"), "lowerdirs": lowers, "upperdir": str(tmp_path / "upper"),
+            "workdir": str(tmp_path / "work")}
+    try:
+        results = four_runs("overlay_mount", args)
+        assert results[3]["lowerdirs"] == lowers
+        assert sorted(os.listdir(tmp_path / "merged")) == ["file0", "file1", "file2", "file3"]
+    finally:
+        run_module("overlay_mount", {**args, "state": "absent", "remove_upper": True})
+    assert not mountinfo.mounts_below(str(tmp_path))
