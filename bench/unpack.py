@@ -39,7 +39,7 @@ def run(*command: str | os.PathLike) -> None:
 def timed(actions: dict, fresh: Path) -> dict[str, float]:
     """Median seconds of each action; the tools take turns, so a busy disk weighs on all of them alike."""
     times: dict[str, list[float]] = {name: [] for name in actions}
-    for _ in range(REPEAT):
+    for _round in range(REPEAT):
         for name, action in actions.items():
             if fresh.exists():
                 shutil.rmtree(fresh)
