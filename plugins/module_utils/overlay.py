@@ -156,6 +156,18 @@ class KernelLog:
             self._fd = None
 
 
+# fsconfig(2) copies at most 256 bytes of a string value (EINVAL beyond): a few image layers in a store
+# already need more, so long layer lists go one `lowerdir+` per layer (Linux 6.8+).
+FSCONFIG_VALUE_MAX = 255
+
+
+def _fsconfig_layers(spec: OverlaySpec) -> list[tuple[str, str]]:
+    layers = spec.layer_options
+    if len(os.fsencode(layers[0][1])) <= FSCONFIG_VALUE_MAX:
+        return layers
+    return [("lowerdir+", lower) for lower in spec.lowerdirs] + layers[1:]
+
+
 def mount_overlay(spec: OverlaySpec) -> None:
     """Mount the overlay at spec.path; raise NsboxError with the kernel's reason on refusal."""
     attr_flags = 0
@@ -174,7 +186,7 @@ def mount_overlay(spec: OverlaySpec) -> None:
         return
     try:
         try:
-            for key, value in spec.layer_options:
+            for key, value in _fsconfig_layers(spec):
                 syscalls.fsconfig(fs_fd, syscalls.FSCONFIG_SET_STRING, key, value)
             for option in spec.options:
                 key, has_value, value = option.partition("=")
