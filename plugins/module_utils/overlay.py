@@ -161,9 +161,21 @@ class KernelLog:
 FSCONFIG_VALUE_MAX = 255
 
 
+def _layers_fit_one_value(spec: OverlaySpec) -> bool:
+    return len(os.fsencode(spec.layer_options[0][1])) <= FSCONFIG_VALUE_MAX
+
+
+def _kernel_has_lowerdir_plus(release: str | None = None) -> bool:
+    numbers = (release or os.uname().release).split("-")[0].split(".")
+    try:
+        return (int(numbers[0]), int(numbers[1])) >= (6, 8)
+    except (IndexError, ValueError):
+        return False
+
+
 def _fsconfig_layers(spec: OverlaySpec) -> list[tuple[str, str]]:
     layers = spec.layer_options
-    if len(os.fsencode(layers[0][1])) <= FSCONFIG_VALUE_MAX:
+    if _layers_fit_one_value(spec):
         return layers
     return [("lowerdir+", lower) for lower in spec.lowerdirs] + layers[1:]
 
@@ -176,6 +188,10 @@ def mount_overlay(spec: OverlaySpec) -> None:
         legacy_flags |= MOUNT_FLAGS[flag][0]
         attr_flags |= MOUNT_FLAGS[flag][1]
     kernel_log = KernelLog()
+    if not _layers_fit_one_value(spec) and not _kernel_has_lowerdir_plus():
+        # Before 6.8 (Debian 12's 6.1) there is no lowerdir+; mount(2) takes a whole page of options.
+        _mount_legacy(spec, legacy_flags, kernel_log)
+        return
     try:
         fs_fd = syscalls.fsopen("overlay")
     except syscalls.KernelCallError as error:
