@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from ansible_collections.nsbox.primitives.plugins.module_utils import overlay
 
 
