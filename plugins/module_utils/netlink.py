@@ -486,6 +486,22 @@ def set_link(ns: Namespace, index: int, what: str, **changes: Any) -> None:
         raise netlink_error(error, f"setting {shown} on {what}") from None
 
 
+def forget_neighbours(ns: Namespace, mac: str, what: str) -> None:
+    """Drop the neighbour entries that still point at a MAC address an interface no longer has.
+
+    Without this, the other end keeps sending to the old address until its entry goes stale (up to a
+    minute), because the kernel announces a new MAC only where net.ipv4.conf.*.arp_notify is on.
+    """
+    for msg in ns.ipr.get_neighbours():
+        if (msg.get_attr("NDA_LLADDR") or "").lower() != mac.lower() or not msg.get_attr("NDA_DST"):
+            continue
+        try:
+            ns.ipr.neigh("del", ifindex=msg["ifindex"], dst=msg.get_attr("NDA_DST"), family=msg["family"])
+        except NetlinkError as error:
+            if error.code != errno.ENOENT:
+                raise netlink_error(error, f"forgetting the old MAC address {mac} of {what}") from None
+
+
 def delete_link(ns: Namespace, index: int, what: str) -> None:
     try:
         ns.ipr.link("del", index=index)
