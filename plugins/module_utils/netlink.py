@@ -252,6 +252,17 @@ def netlink_error(error: Exception, what: str, hint: str = "") -> NsboxError:
     return NsboxError(message, errno=code)
 
 
+def _new_iproute() -> Any:
+    """An IPRoute socket that subscribes to no multicast group (we only ask; we never listen).
+
+    pyroute2 0.7 (Debian 12's and Ubuntu 24.04's python3-pyroute2) takes no ``groups`` argument.
+    """
+    try:
+        return IPRoute(groups=0)
+    except TypeError:
+        return IPRoute()
+
+
 class Namespace:
     """A network namespace to work in: the host's (name None) or a named one. Never creates one."""
 
@@ -273,7 +284,7 @@ class Namespace:
     def ipr(self) -> Any:
         if self._ipr is None:
             with inside(self.fd, self.label):
-                self._ipr = IPRoute(groups=0)
+                self._ipr = _new_iproute()
         return self._ipr
 
     def close(self) -> None:
