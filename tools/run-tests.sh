@@ -10,6 +10,8 @@ export ANSIBLE_COLLECTIONS_PATH="$root/.ansible/collections"
 export ANSIBLE_LOCAL_TEMP="$root/.ansible/tmp"
 export NSBOX_PYTHON="$venv/bin/python"
 mkdir -p tests/output
+# Logs read in CI: no colour codes from molecule, ansible or pytest.
+[ -t 1 ] || export NO_COLOR=1 ANSIBLE_NOCOLOR=1 PY_COLORS=0
 
 step_lint() {
   local dirs=()

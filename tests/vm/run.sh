@@ -54,7 +54,9 @@ INV
 export ANSIBLE_COLLECTIONS_PATH=${ANSIBLE_COLLECTIONS_PATH:-$PWD/.ansible/collections}
 # One SSH round trip per task instead of several: the VM is emulated, every round trip costs.
 export ANSIBLE_PIPELINING=true
+# NSBOX_VM_SKIP_PLAYBOOKS=1 goes straight to the molecule scenario (for working on the roles).
 for playbook in tests/vm/playbooks/*.yml; do
+  [ -z "${NSBOX_VM_SKIP_PLAYBOOKS:-}" ] || break
   echo "--- VM playbook ${playbook}"
   "$venv"/bin/ansible-playbook -i "$run/inventory.ini" "$playbook"
 done
