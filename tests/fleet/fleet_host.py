@@ -433,6 +433,8 @@ def stop_all(prefix: str) -> None:
 
 
 def inventory(prefix: str) -> str:
+    # The hosts see this machine's files, the virtualenv with the collection's Python requirements included.
+    python = os.environ.get("NSBOX_PYTHON", "/usr/bin/python3")
     lines = ["# Written by tests/fleet/fleet_host.py: the fleet hosts running now.", "all:", "  hosts:"]
     for name in hosts(prefix):
         host = describe(name)
@@ -444,7 +446,8 @@ def inventory(prefix: str) -> str:
             f"      ansible_ssh_private_key_file: {host['private_key']}",
             f"      ansible_ssh_common_args: >-\n        -o UserKnownHostsFile={host['known_hosts']}"
             " -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes -o ConnectTimeout=5",
-            "      ansible_python_interpreter: /usr/bin/python3",
+            f"      ansible_python_interpreter: {python}",
+            "      ansible_pipelining: true",
             f"      fleet_controller_address: {host['controller_address']}",
         ]
     return "\n".join(lines) + "\n"
