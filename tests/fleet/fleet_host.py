@@ -432,9 +432,9 @@ def stop_all(prefix: str) -> None:
                 remove_cgroup_tree(os.path.join(mount.mount_point, entry))
 
 
-def inventory(prefix: str) -> str:
+def inventory(prefix: str, python: str | None = None) -> str:
     # The hosts see this machine's files, the virtualenv with the collection's Python requirements included.
-    python = os.environ.get("NSBOX_PYTHON", "/usr/bin/python3")
+    python = python or os.environ.get("NSBOX_PYTHON", "/usr/bin/python3")
     lines = ["# Written by tests/fleet/fleet_host.py: the fleet hosts running now.", "all:", "  hosts:"]
     for name in hosts(prefix):
         host = describe(name)
@@ -498,7 +498,10 @@ def main(argv: list[str] | None = None) -> int:
     for command in ("stop", "kill-sshd", "revive"):
         sub.add_parser(command).add_argument("name")
     for command in ("stop-all", "inventory", "residue"):
-        sub.add_parser(command).add_argument("prefix", nargs="?", default=PREFIX)
+        p = sub.add_parser(command)
+        p.add_argument("prefix", nargs="?", default=PREFIX)
+        if command == "inventory":
+            p.add_argument("--python", help="the hosts' Python (default $NSBOX_PYTHON or /usr/bin/python3)")
     args = parser.parse_args(argv)
     if args.command == "start":
         print(json.dumps(start(args.name, args.index)))
@@ -507,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "stop-all":
         stop_all(args.prefix)
     elif args.command == "inventory":
-        sys.stdout.write(inventory(args.prefix))
+        sys.stdout.write(inventory(args.prefix, args.python))
     elif args.command == "kill-sshd":
         print(json.dumps(kill_sshd(args.name)))
     elif args.command == "revive":
