@@ -180,6 +180,10 @@ def build_root(name: str, state: Path, address: str) -> None:
     for directory in ("run/lock", "run/netns", "run/sshd"):
         os.makedirs(stage / directory, exist_ok=True)
     os.chmod(stage / "run/lock", 0o1777)
+    # What `ip netns add` makes of /run/netns on first use (a shared mount of itself), made here so that a
+    # fresh host looks like this machine and the residue check sees only what a deployment adds.
+    _mount(str(stage / "run/netns"), str(stage / "run/netns"), None, syscalls.MS_BIND)
+    syscalls.set_propagation(str(stage / "run/netns"), "shared")
     _mount("proc", str(stage / "proc"), "proc", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
     _mount("sysfs", str(stage / "sys"), "sysfs", syscalls.MS_NOSUID | syscalls.MS_NODEV | syscalls.MS_NOEXEC)
     cgroups = stage / "sys/fs/cgroup"
