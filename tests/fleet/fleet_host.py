@@ -72,8 +72,8 @@ PRIVATE_DIRS = {"/run": "256m", "/tmp": "2g", "/var/tmp": "2g", "/var/lib/nsbox"
 SSHD_CONFIG = """\
 Port 22
 ListenAddress {address}
-HostKey /etc/ssh/nbtfleet/ssh_host_ed25519_key
-AuthorizedKeysFile /etc/ssh/nbtfleet/authorized_keys
+HostKey /etc/ssh/{name}/ssh_host_ed25519_key
+AuthorizedKeysFile /etc/ssh/{name}/authorized_keys
 PermitRootLogin prohibit-password
 PasswordAuthentication no
 KbdInteractiveAuthentication no
@@ -205,12 +205,12 @@ def build_root(name: str, state: Path, address: str) -> None:
     if os.path.isdir(stage / "dev/mqueue"):
         _mount("mqueue", str(stage / "dev/mqueue"), "mqueue", syscalls.MS_NOSUID | syscalls.MS_NODEV)
     # sshd's files of this start, in the host's own /etc (the overlay's upper).
-    ssh = stage / "etc/ssh/nbtfleet"
+    ssh = stage / "etc/ssh" / name
     os.makedirs(ssh, mode=0o700)
     for src, dst in (("ssh_host_ed25519_key", "ssh_host_ed25519_key"), ("client_key.pub", "authorized_keys")):
         shutil.copyfile(state / src, ssh / dst)
         os.chmod(ssh / dst, 0o600)
-    (ssh / "sshd_config").write_text(SSHD_CONFIG.format(address=address))
+    (ssh / "sshd_config").write_text(SSHD_CONFIG.format(address=address, name=name))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(stage / "etc/nologin")
     (stage / "etc/hostname").write_text(name + "\n")
@@ -229,11 +229,12 @@ def init(name: str, state: Path, address: str, go: int) -> None:
     os.close(go)
     build_root(name, state, address)
     children: dict[str, int | None] = {"sshd": None}
+    config = f"/etc/ssh/{name}/sshd_config"  # the host's name in sshd's command line, for residue()
     wanted = {"stop": False}
 
     def spawn_sshd() -> None:
         if children["sshd"] is None:
-            children["sshd"] = os.spawnv(os.P_NOWAIT, SSHD, [SSHD, "-D", "-e", "-f", "/etc/ssh/nbtfleet/sshd_config"])
+            children["sshd"] = os.spawnv(os.P_NOWAIT, SSHD, [SSHD, "-D", "-e", "-f", config])
 
     def on_usr1(_sig, _frame) -> None:
         spawn_sshd()
@@ -488,7 +489,7 @@ def residue(prefix: str) -> list[str]:
         if entry.isdigit():
             with contextlib.suppress(OSError):
                 cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-                if "/etc/ssh/nbtfleet/" in cmdline:
+                if f"/etc/ssh/{prefix}" in cmdline or f"fleet_host.py start {prefix}" in cmdline:
                     left.append(f"process {entry} {cmdline.strip()}")
     return left
 
