@@ -391,13 +391,21 @@ def processes_of(name: str) -> list[int]:
     return found
 
 
-def stop(name: str) -> None:
-    check_name(name)
+def kill_init(name: str) -> None:
+    """SIGKILL the host's PID 1 (the kernel then kills everything in the host)."""
     state = STATE_ROOT / name
     with contextlib.suppress(OSError, ValueError):
         pid = int((state / "pid").read_text())
         if os.readlink(f"/proc/{pid}/ns/pid") == (state / "pidns").read_text().strip():  # not a reused pid
             os.kill(pid, signal.SIGKILL)
+
+
+def stop(name: str) -> None:
+    check_name(name)
+    state = STATE_ROOT / name
+    kill_init(name)
+    with contextlib.suppress(OSError, ValueError):
+        if (state / "pidns").exists():
             deadline = time.monotonic() + 10
             while processes_of(name) and time.monotonic() < deadline:
                 time.sleep(0.05)
@@ -405,11 +413,12 @@ def stop(name: str) -> None:
         remove_cgroup_tree(path)
     with contextlib.suppress(OSError, ValueError):
         link = link_of(int((state / "index").read_text()))
-        deadline = time.monotonic() + 5
-        while os.path.exists(f"/sys/class/net/{link}") and time.monotonic() < deadline:
-            time.sleep(0.05)  # goes with the host's netns, asynchronously
+        # It would go with the host's netns, but the kernel frees a netns asynchronously: delete it now.
         if os.path.exists(f"/sys/class/net/{link}"):
             subprocess.run(["ip", "link", "del", link], check=False, capture_output=True)
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/sys/class/net/{link}") and time.monotonic() < deadline:
+            time.sleep(0.05)
     if state.exists():
         for mount in ("root", "rw"):
             if mountinfo.mount_at(str(state / mount)) is not None:  # never on the machine, but be sure
@@ -429,6 +438,8 @@ def hosts(prefix: str) -> list[str]:
 
 def stop_all(prefix: str) -> None:
     names = hosts(prefix)
+    for name in names:  # all at once first: their namespaces go away in parallel
+        kill_init(name)
     for name in names:
         stop(name)
     for mount in cgroup_mounts():  # groups of a host whose state went missing (a crashed start)
