@@ -26,8 +26,9 @@ A fleet host is a process tree that has its own network, mount, uts, ipc, pid an
   joins them all, then unshares its cgroup namespace and mounts fresh cgroup filesystems at
   /sys/fs/cgroup/<controller>, which show exactly those subtrees as their root. The roles run
   unchanged and cannot reach the machine's own groups.
-- sshd runs with host keys and an authorized key generated for this start, a known_hosts file
-  is written for the controller (StrictHostKeyChecking stays on).
+- sshd (config, host key and authorized key in the host's /etc/ssh/NAME/) runs with a host key and
+  an authorized key generated for this start; a known_hosts file is written for the controller
+  (StrictHostKeyChecking stays on). kill-sshd and revive make a host unreachable and reachable again.
 
 Every mount lives in the host's own mount namespace: none appears on this machine, and all go away
 with the namespace. On this machine the host leaves /run/nbtfleet/NAME (keys, pid, log), its
@@ -230,7 +231,6 @@ def init(name: str, state: Path, address: str, go: int) -> None:
     build_root(name, state, address)
     children: dict[str, int | None] = {"sshd": None}
     config = f"/etc/ssh/{name}/sshd_config"  # the host's name in sshd's command line, for residue()
-    wanted = {"stop": False}
 
     def spawn_sshd() -> None:
         if children["sshd"] is None:
@@ -240,23 +240,20 @@ def init(name: str, state: Path, address: str, go: int) -> None:
         spawn_sshd()
 
     def on_term(_sig, _frame) -> None:
-        wanted["stop"] = True
+        os._exit(0)  # the kernel kills every process left in the namespace
 
     signal.signal(signal.SIGUSR1, on_usr1)
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     spawn_sshd()
-    while not wanted["stop"]:
+    while True:
         try:
             pid, _status = os.wait()
-        except ChildProcessError:
-            signal.pause() if not wanted["stop"] else None
-            continue
-        except InterruptedError:
+        except ChildProcessError:  # no child left (sshd killed): wait for revive or stop
+            signal.pause()
             continue
         if pid == children["sshd"]:
             children["sshd"] = None
-    os._exit(0)  # the kernel kills every process left in the namespace
 
 
 # ---------------------------------------------------------------------------------------------- commands
