@@ -7,7 +7,10 @@ to and a minimal configuration (workers as the `nginx` user, uid/gid 101, as in 
 umoci writes the layout. Building again with the same inputs gives the same layers (fixed mtimes,
 numeric owners), so a deployment of a rebuilt image changes nothing.
 
-    python tools/build-nginx-image.py LAYOUT_DIR      # tags LAYOUT_DIR:nginx and LAYOUT_DIR:busybox
+    python tools/build-nginx-image.py LAYOUT_DIR [ARCHIVE]
+
+tags LAYOUT_DIR:nginx and LAYOUT_DIR:busybox, and with ARCHIVE also writes the layout as one oci-archive
+file (a tar of the layout; nsbox_image_source=oci-archive), handier to copy to a remote host.
 """
 
 from __future__ import annotations
@@ -143,11 +146,31 @@ def build(layout: Path) -> Path:
     return layout
 
 
+def archive(layout: Path, out: Path) -> Path:
+    """The layout as an oci-archive: its files at the top of a tar, in a stable order."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
+        for directory, dirs, files in os.walk(layout):
+            dirs.sort()
+            for name in sorted(files):
+                path = Path(directory) / name
+                info = tar.gettarinfo(path, arcname=str(path.relative_to(layout)))
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = MTIME
+                with open(path, "rb") as data:
+                    tar.addfile(info, data)
+    return out
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
+    if len(argv) not in (2, 3):
         print(__doc__, file=sys.stderr)
         return 2
-    print(build(Path(argv[1]).absolute()))
+    layout = build(Path(argv[1]).absolute())
+    print(layout)
+    if len(argv) == 3:
+        print(archive(layout, Path(argv[2]).absolute()))
     return 0
 
 
