@@ -124,7 +124,7 @@ def main() -> None:
         "library": measure(with_library, library_teardown),
         "modules": measure(with_modules, modules_teardown, modules_again),
     }
-    base_up, base_down, _ = results["ip"]
+    base_up, base_down = results["ip"][:2]
     print(f"RED/BLUE wiring, {N} scenarios each; seconds per scenario (ratio to ip)")
     for label, (up, down, rerun) in results.items():
         line = f"{label:8s} setup {up:.4f} s ({up / base_up:.2f}x)  teardown {down:.4f} s ({down / base_down:.2f}x)"

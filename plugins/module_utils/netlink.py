@@ -252,6 +252,17 @@ def netlink_error(error: Exception, what: str, hint: str = "") -> NsboxError:
     return NsboxError(message, errno=code)
 
 
+def _new_iproute() -> Any:
+    """An IPRoute socket that subscribes to no multicast group (we only ask; we never listen).
+
+    pyroute2 0.7 (Debian 12's and Ubuntu 24.04's python3-pyroute2) takes no ``groups`` argument.
+    """
+    try:
+        return IPRoute(groups=0)
+    except TypeError:
+        return IPRoute()
+
+
 class Namespace:
     """A network namespace to work in: the host's (name None) or a named one. Never creates one."""
 
@@ -273,7 +284,7 @@ class Namespace:
     def ipr(self) -> Any:
         if self._ipr is None:
             with inside(self.fd, self.label):
-                self._ipr = IPRoute(groups=0)
+                self._ipr = _new_iproute()
         return self._ipr
 
     def close(self) -> None:
@@ -484,6 +495,22 @@ def set_link(ns: Namespace, index: int, what: str, **changes: Any) -> None:
     except NetlinkError as error:
         shown = ", ".join(f"{k}={v}" for k, v in changes.items())
         raise netlink_error(error, f"setting {shown} on {what}") from None
+
+
+def forget_neighbours(ns: Namespace, mac: str, what: str) -> None:
+    """Drop the neighbour entries that still point at a MAC address an interface no longer has.
+
+    Without this, the other end keeps sending to the old address until its entry goes stale (up to a
+    minute), because the kernel announces a new MAC only where net.ipv4.conf.*.arp_notify is on.
+    """
+    for msg in ns.ipr.get_neighbours():
+        if (msg.get_attr("NDA_LLADDR") or "").lower() != mac.lower() or not msg.get_attr("NDA_DST"):
+            continue
+        try:
+            ns.ipr.neigh("del", ifindex=msg["ifindex"], dst=msg.get_attr("NDA_DST"), family=msg["family"])
+        except NetlinkError as error:
+            if error.code != errno.ENOENT:
+                raise netlink_error(error, f"forgetting the old MAC address {mac} of {what}") from None
 
 
 def delete_link(ns: Namespace, index: int, what: str) -> None:

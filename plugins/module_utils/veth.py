@@ -200,8 +200,13 @@ class VethManager(Manager):
             self._create(a_ns, b_ns, a_spec, b_spec)
         elif move:
             self._bring_back(peer_link, b_ns, b_spec)
-        self._converge(b_ns, b_spec, None)
-        self._converge(a_ns, a_spec, bridge)
+        old_peer_mac = self._converge(b_ns, b_spec, None)
+        old_mac = self._converge(a_ns, a_spec, bridge)
+        # Each end's neighbours are the other end (or, bridged, what is behind the bridge).
+        if old_peer_mac:
+            netlink.forget_neighbours(a_ns, old_peer_mac, f"veth {b_spec.label}")
+        if old_mac:
+            netlink.forget_neighbours(b_ns, old_mac, f"veth {a_spec.label}")
         self._report_observed(a_ns, b_ns, a_spec, b_spec)
 
     def _describe_peer_of(self, ns: netlink.Namespace, link: netlink.Link) -> str:
@@ -265,15 +270,18 @@ class VethManager(Manager):
         else:
             netlink.set_link(ns, peer.index, f"{peer.name} in {where}", net_ns_fd=b_ns.fd, ifname=spec.name)
 
-    def _converge(self, ns: netlink.Namespace, spec: EndSpec, bridge: netlink.Link | None) -> None:
+    def _converge(self, ns: netlink.Namespace, spec: EndSpec, bridge: netlink.Link | None) -> str | None:
+        """Brings one end to its spec; returns the MAC address it had if that was changed."""
         link = netlink.get_link(ns, spec.name)
         if link is None:
             raise NsboxError(f"{spec.label} disappeared while it was being configured", interface=spec.name)
         label = f"veth {spec.label}"
+        old_mac = None
         if spec.mtu is not None and link.mtu != spec.mtu:
             netlink.set_link(ns, link.index, label, mtu=spec.mtu)
         if spec.mac is not None and (link.mac or "").lower() != spec.mac:
             netlink.set_link(ns, link.index, label, address=spec.mac)
+            old_mac = link.mac
         if bridge is not None and link.master != bridge.index:
             netlink.set_link(ns, link.index, label, master=bridge.index)
         if link.link_state != spec.link_state:
@@ -282,6 +290,7 @@ class VethManager(Manager):
             netlink.converge_addresses(ns, link.index, spec.addresses, label)
         if spec.routes is not None:
             netlink.converge_routes(ns, link.index, spec.routes, label)
+        return old_mac
 
     # -- absent ---------------------------------------------------------------------------------
 

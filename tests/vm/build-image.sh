@@ -3,7 +3,16 @@
 # Cached in $NSBOX_VM_CACHE keyed by a hash of this script, built in a temp dir and renamed into place.
 set -euo pipefail
 cache=${NSBOX_VM_CACHE:-/var/cache/nsbox-vm}
-packages=systemd,systemd-sysv,openssh-server,python3,python3-pyroute2,nftables,iproute2,busybox-static,nginx-light,stress-ng,kmod,udev,sudo,python3-apt
+root=$(cd "$(dirname "$0")/../.." && pwd)
+# The VM's own needs, then what the roles install on a target (the one list: nsbox_host_packages), so
+# that the deployment's apt task finds it all there, as on a prepared EC2 host.
+packages=systemd,systemd-sysv,openssh-server,python3,python3-apt,kmod,udev,sudo,nginx-light,stress-ng
+defaults=$root/roles/nsbox_host/defaults/main.yml
+if [ -f "$defaults" ]; then
+  packages+=,$(awk '/^nsbox_host_packages:/ {on = 1; next} on && /^  - / {print $2; next} on {exit}' "$defaults" | paste -sd, -)
+else
+  packages+=,python3-pyroute2,nftables,iproute2,busybox-static
+fi
 kernel=$(find /boot -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n1)
 key=$( (cat "$0"; echo "$packages"; basename "$kernel") | sha256sum | cut -c1-16)
 out=$cache/$key

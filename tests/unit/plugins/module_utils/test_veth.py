@@ -44,5 +44,5 @@ def test_record_shows_only_the_attributes_that_differ():
         "after": {"interface": {"addresses": ["10.0.0.2/24"], "link_state": "up"}},
     }
     manager._record("peer", None, end_spec("peer", {"name": "eth0", "netns": "red"}))
-    assert manager.diff.get_diff()["after"]["peer"] == {"state": "present", "name": "eth0", "netns": "red",
-                                                       "link_state": "up"}
+    expected = {"state": "present", "name": "eth0", "netns": "red", "link_state": "up"}
+    assert manager.diff.get_diff()["after"]["peer"] == expected
