@@ -33,7 +33,6 @@ CREATED = "2023-11-14T22:13:20Z"
 NGINX_CONF = """\
 user nginx;
 worker_processes 1;
-daemon off;
 pid /run/nginx.pid;
 error_log /dev/stderr notice;
 events { worker_connections 256; }
