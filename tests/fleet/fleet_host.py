@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: nsbox.primitives contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Fleet hosts: separate "machines" on this one, each reached by Ansible over real SSH.
@@ -503,7 +502,7 @@ def residue(prefix: str) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", maxsplit=1)[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("start")
     p.add_argument("name")
