@@ -29,12 +29,9 @@ class BridgeManager(Manager):
     def lock_name(self) -> str:
         return f"{self.params.get('netns') or ''}/{self.params['name']}"
 
-    def execute(self) -> None:
-        try:
-            super().execute()
-        finally:
-            if self.ns is not None:
-                self.ns.close()
+    def close(self) -> None:
+        if self.ns is not None:
+            self.ns.close()
 
     def _open(self) -> tuple[str, str | None, str]:
         name = netlink.check_ifname(self.params["name"])

@@ -71,6 +71,12 @@ class UndoStack:
     def clear(self) -> None:
         self._steps.clear()
 
+    def transfer(self, other: UndoStack, prefix: str) -> None:
+        """Hand every step over to `other` (newest stays newest), each description prefixed."""
+        for step in self._steps:
+            other.push(f"{prefix}{step.description}", step.action)
+        self._steps.clear()
+
 
 class Manager:
     """Base of every module's manager. Subclasses implement one method per `state` value."""
@@ -94,7 +100,18 @@ class Manager:
         state = self.params["state"]
         getattr(self, state)()
 
+    def close(self) -> None:
+        """Release what the run holds open (namespaces); undoing its work needs them until then."""
+
     def execute(self) -> None:
+        try:
+            self._execute()
+        finally:
+            # A batch step's undo may still be needed by a later step's failure: the batch closes it.
+            if not getattr(self.module, "defer_close", False):
+                self.close()
+
+    def _execute(self) -> None:
         try:
             if self.lock_kind:
                 with object_lock(self.lock_kind, self.lock_name()):
@@ -122,7 +139,8 @@ class Manager:
     def _fail(self, msg: str, **details: Any) -> None:
         undone, failed = self.undo.unwind()
         if undone:
-            details["rolled_back"] = undone
+            # A batch step's own rollback comes first: it undid the newest work.
+            details["rolled_back"] = [*details.get("rolled_back", []), *undone]
         if failed:
             details["rollback_failed"] = failed
             msg += "; cleaning up after the failure also failed: " + "; ".join(failed)

@@ -94,14 +94,10 @@ class VethManager(Manager):
     def lock_name(self) -> str:
         return f"{self.params.get('netns') or ''}/{self.params['name']}"
 
-    def execute(self) -> None:
-        # Namespaces stay open until the end: undoing a failed run needs them.
-        try:
-            super().execute()
-        finally:
-            for ns in self.namespaces.values():
-                if ns is not None:
-                    ns.close()
+    def close(self) -> None:
+        for ns in self.namespaces.values():
+            if ns is not None:
+                ns.close()
 
     # -- namespaces -----------------------------------------------------------------------------
 

@@ -117,21 +117,12 @@ rolled_back:
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.nsbox.primitives.plugins.module_utils.argspecs import BRIDGE
 from ansible_collections.nsbox.primitives.plugins.module_utils.netlink import HAS_PYROUTE2, PYROUTE2_IMPORT_ERROR
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(
-            name=dict(type="str", required=True),
-            netns=dict(type="str"),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
-            addresses=dict(type="list", elements="str"),
-            mtu=dict(type="int"),
-            link_state=dict(type="str", default="up", choices=["up", "down"]),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(**BRIDGE.module_kwargs(), supports_check_mode=True)
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
     from ansible_collections.nsbox.primitives.plugins.module_utils.bridge import BridgeManager

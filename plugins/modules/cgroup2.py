@@ -230,73 +230,12 @@ killed:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.nsbox.primitives.plugins.module_utils.cgroups import (
-    Converger,
-    desired_from_params,
-    open_cgroup,
-    validate_path,
-)
-from ansible_collections.nsbox.primitives.plugins.module_utils.manager import Manager, kernel_error
-
-
-class CgroupManager(Manager):
-    lock_kind = "cgroup"
-
-    def lock_name(self) -> str:
-        return validate_path(self.params["path"])
-
-    def _converger(self) -> Converger:
-        cgroup = open_cgroup(self.params["path"], self.params["hierarchy"], self.params["root"])
-        # "path" is set only on success: failure details use that key for the file concerned.
-        self.result["hierarchy"] = cgroup.hierarchy
-        return Converger(cgroup, self.diff, self.undo, self.check_mode)
-
-    def run(self) -> None:
-        try:
-            super().run()
-        except OSError as error:
-            raise kernel_error(error, f"cgroup {self.params['path']}",
-                               "Check that the cgroup hierarchy is mounted read-write and that you are root") from None
-
-    def present(self) -> None:
-        desired = desired_from_params(self.params)
-        converger = self._converger()
-        self.result.update(converger.present(desired), notes=converger.notes,
-                           processes=converger.cgroup.processes(), path=converger.cgroup.path)
-
-    def absent(self) -> None:
-        converger = self._converger()
-        self.result.update(converger.absent(self.params["kill"]), notes=[],
-                           processes=converger.cgroup.processes(), path=converger.cgroup.path)
+from ansible_collections.nsbox.primitives.plugins.module_utils.argspecs import CGROUP2
+from ansible_collections.nsbox.primitives.plugins.module_utils.cgroup2 import CgroupManager
 
 
 def main() -> None:
-    io_device = {"device": {"type": "str", "required": True}, "rbps": {"type": "raw"},
-                 "wbps": {"type": "raw"}, "riops": {"type": "raw"}, "wiops": {"type": "raw"}}
-    module = AnsibleModule(
-        argument_spec={
-            "path": {"type": "str", "required": True},
-            "state": {"type": "str", "choices": ["present", "absent"], "default": "present"},
-            "hierarchy": {"type": "str", "choices": ["auto", "v2", "v1"], "default": "auto"},
-            "root": {"type": "path", "default": "/sys/fs/cgroup"},
-            "cpus": {"type": "float"},
-            "cpu_max": {"type": "str"},
-            "cpu_period": {"type": "int"},
-            "cpu_weight": {"type": "int"},
-            "memory_max": {"type": "raw"},
-            "memory_high": {"type": "raw"},
-            "memory_swap_max": {"type": "raw"},
-            "pids_max": {"type": "raw"},
-            "cpuset_cpus": {"type": "str"},
-            "cpuset_mems": {"type": "str"},
-            "io_max": {"type": "list", "elements": "dict", "options": io_device},
-            "settings": {"type": "dict", "default": {}},
-            "controllers": {"type": "list", "elements": "str", "default": []},
-            "kill": {"type": "bool", "default": False},
-        },
-        mutually_exclusive=[("cpus", "cpu_max")],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(**CGROUP2.module_kwargs(), supports_check_mode=True)
     CgroupManager(module).execute()
 
 

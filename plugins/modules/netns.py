@@ -129,20 +129,12 @@ rolled_back:
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.nsbox.primitives.plugins.module_utils.argspecs import NETNS
 from ansible_collections.nsbox.primitives.plugins.module_utils.netlink import HAS_PYROUTE2, PYROUTE2_IMPORT_ERROR
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(
-            name=dict(type="str", required=True),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
-            loopback=dict(type="bool", default=True),
-            sysctls=dict(type="dict", default={}),
-            kill=dict(type="bool", default=False),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(**NETNS.module_kwargs(), supports_check_mode=True)
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
     from ansible_collections.nsbox.primitives.plugins.module_utils.netns import NetnsManager

@@ -288,52 +288,12 @@ was:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.nsbox.primitives.plugins.module_utils.argspecs import NSBOX_CONTAINER
 from ansible_collections.nsbox.primitives.plugins.module_utils.container import ContainerManager
 
 
 def main() -> None:
-    mount_spec = dict(
-        type=dict(type="str", default="bind", choices=["bind", "tmpfs"]),
-        source=dict(type="path"),
-        destination=dict(type="str", required=True),
-        options=dict(type="list", elements="str", default=[], choices=["ro", "nosuid", "nodev", "noexec"]),
-        size=dict(type="str"),
-    )
-    module = AnsibleModule(
-        argument_spec=dict(
-            name=dict(type="str", required=True),
-            state=dict(type="str", default="started", choices=["started", "stopped", "restarted", "absent"]),
-            rootfs=dict(type="path"),
-            image_config=dict(type="dict"),
-            command=dict(type="raw", aliases=["args"]),
-            entrypoint=dict(type="raw"),
-            env=dict(type="dict"),
-            workdir=dict(type="str"),
-            user=dict(type="str"),
-            group=dict(type="str"),
-            groups=dict(type="list", elements="str"),
-            hostname=dict(type="str"),
-            netns=dict(type="str", default="private"),
-            cgroup=dict(type="str"),
-            cgroup_root=dict(type="path"),
-            mounts=dict(type="list", elements="dict", default=[], options=mount_spec),
-            readonly_rootfs=dict(type="bool", default=False),
-            capabilities=dict(type="list", elements="str"),
-            cap_add=dict(type="list", elements="str", default=[]),
-            cap_drop=dict(type="list", elements="str", default=[]),
-            no_new_privileges=dict(type="bool", default=True),
-            seccomp=dict(type="str", default="default", choices=["default", "unconfined"]),
-            rlimits=dict(type="dict"),
-            sysctls=dict(type="dict"),
-            user_namespace=dict(type="dict"),
-            stop_signal=dict(type="str"),
-            stop_timeout=dict(type="float"),
-            restart_policy=dict(type="str", default="no"),
-            log_path=dict(type="path"),
-            signal=dict(type="str"),
-        ),
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(**NSBOX_CONTAINER.module_kwargs(), supports_check_mode=True)
     ContainerManager(module).execute()
 
 

@@ -219,28 +219,12 @@ rolled_back:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.nsbox.primitives.plugins.module_utils.argspecs import OVERLAY_MOUNT
 from ansible_collections.nsbox.primitives.plugins.module_utils.overlay_mount import OverlayMountManager
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(
-            path=dict(type="path", required=True),
-            lowerdirs=dict(type="list", elements="path", default=[]),
-            upperdir=dict(type="path"),
-            workdir=dict(type="path"),
-            options=dict(type="list", elements="str", default=[]),
-            mount_flags=dict(type="list", elements="str", default=[], choices=["ro", "nosuid", "nodev", "noexec"]),
-            propagation=dict(type="str", default="private", choices=["private", "shared", "unbindable"]),
-            mode=dict(type="raw", default="0755"),
-            state=dict(type="str", default="mounted", choices=["mounted", "unmounted", "absent"]),
-            recreate=dict(type="bool", default=False),
-            remove_upper=dict(type="bool", default=False),
-            lazy_unmount=dict(type="bool", default=False),
-        ),
-        required_together=[("upperdir", "workdir")],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(**OVERLAY_MOUNT.module_kwargs(), supports_check_mode=True)
     OverlayMountManager(module).execute()
 
 

@@ -282,34 +282,12 @@ member:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.nsbox.primitives.plugins.module_utils.argspecs import ROOTFS_EXPORT
 from ansible_collections.nsbox.primitives.plugins.module_utils.rootfs_export import RootfsExportManager
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(
-            source=dict(type="str", default="registry",
-                        choices=["registry", "oci-layout", "oci-archive", "docker-archive", "rootfs-tar"]),
-            image=dict(type="str"),
-            path=dict(type="path"),
-            username=dict(type="str"),
-            password=dict(type="str", no_log=True),
-            ca_file=dict(type="path"),
-            validate_certs=dict(type="bool", default=True),
-            platform=dict(type="str"),
-            store=dict(type="path", default="/var/lib/nsbox"),
-            dest=dict(type="path"),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
-            allow_devices=dict(type="bool", default=False),
-            parallel=dict(type="int", default=4),
-            timeout=dict(type="int", default=60),
-        ),
-        required_if=[("source", "registry", ["image"]), ("source", "oci-layout", ["path"]),
-                     ("source", "oci-archive", ["path"]), ("source", "docker-archive", ["path"]),
-                     ("source", "rootfs-tar", ["path"])],
-        required_together=[("username", "password")],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(**ROOTFS_EXPORT.module_kwargs(), supports_check_mode=True)
     RootfsExportManager(module).execute()
 
 

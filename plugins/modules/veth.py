@@ -235,43 +235,12 @@ rolled_back:
 """
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible_collections.nsbox.primitives.plugins.module_utils.argspecs import VETH
 from ansible_collections.nsbox.primitives.plugins.module_utils.netlink import HAS_PYROUTE2, PYROUTE2_IMPORT_ERROR
-
-ROUTE = dict(
-    type="list",
-    elements="dict",
-    options=dict(dst=dict(type="str", required=True), gateway=dict(type="str"), metric=dict(type="int")),
-)
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=dict(
-            name=dict(type="str", required=True),
-            netns=dict(type="str"),
-            state=dict(type="str", default="present", choices=["present", "absent"]),
-            link_state=dict(type="str", default="up", choices=["up", "down"]),
-            mtu=dict(type="int"),
-            mac=dict(type="str"),
-            addresses=dict(type="list", elements="str"),
-            routes=ROUTE,
-            bridge=dict(type="str"),
-            peer=dict(
-                type="dict",
-                options=dict(
-                    name=dict(type="str", required=True),
-                    netns=dict(type="str"),
-                    link_state=dict(type="str", default="up", choices=["up", "down"]),
-                    mtu=dict(type="int"),
-                    mac=dict(type="str"),
-                    addresses=dict(type="list", elements="str"),
-                    routes=ROUTE,
-                ),
-            ),
-        ),
-        required_if=[("state", "present", ["peer"])],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(**VETH.module_kwargs(), supports_check_mode=True)
     if not HAS_PYROUTE2:
         module.fail_json(msg=missing_required_lib("pyroute2"), exception=PYROUTE2_IMPORT_ERROR)
     from ansible_collections.nsbox.primitives.plugins.module_utils.veth import VethManager
