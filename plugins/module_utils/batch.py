@@ -158,4 +158,3 @@ class BatchManager(Manager):
         if self.module._diff:
             result["diff"] = diffs
         return result
-

@@ -44,11 +44,11 @@ options:
             before the run as RV(results[].previous_content), default false).
           - V(sysctl) sets a sysctl of the host through C(/proc/sys) when it differs. Its args are C(name)
             (V(net.ipv4.ip_forward), or with slashes where a part holds a dot) and C(value); values compare
-            as words, as the kernel prints them. It does not persist the value: add a V(file) step for
+            as words, as the kernel prints them. It does not persist the value; add a V(file) step for
             C(/etc/sysctl.d/).
           - V(nftables) keeps a table of the collection's in a file and loads it with C(nft -f) when the
             file's content changes or the kernel does not have the table (after a reboot or a flush). Its args
-            are C(table) (required), C(family) (default V(inet)), C(state) (V(present) or V(absent): delete the
+            are C(table) (required), C(family) (default V(inet)), C(state) (V(present), or V(absent) to delete the
             table and the file), C(path) and C(content) (required when present). The content must replace the
             table as a whole (create it empty, delete it, define it); it is checked with C(nft -c) first.
           - V(host_check) fails, naming what is missing and how to get it, unless the kernel offers the
