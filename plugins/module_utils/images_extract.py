@@ -274,7 +274,7 @@ class Prefetcher:
         self._held: bytearray | None = None
         if readinto:
             self._free = queue.SimpleQueue()
-            for _ in range(depth + 2):  # the queue's, the one being read and the caller's
+            for _slot in range(depth + 2):  # the queue's, the one being read and the caller's
                 self._free.put(bytearray(CHUNK))
         self.error: BaseException | None = None
         self.stopped = threading.Event()

@@ -83,7 +83,7 @@ def test_reads_what_tarfile_writes(fmt, chunk):
         fmt=fmt,
     )
     found = members(blob, chunk)
-    assert [(m.name, m.type) for m, _ in found] == [
+    assert [(m.name, m.type) for m, _data in found] == [
         ("etc", DIRECTORY), ("etc/passwd", REGULAR), ("bin/ping", REGULAR), ("bin/sh", SYMLINK),
         ("bin/ping6", HARDLINK), ("dev/null", b"3"), ("empty", REGULAR)]
     ping, data = found[2]
@@ -113,7 +113,7 @@ def test_gnu_longname_and_longlink():
     blob = make_tar(info(long_name, data=b"x"), info("link", tarfile.SYMTYPE, linkname=long_link),
                     info(long_name + "2", tarfile.LNKTYPE, linkname=long_name), fmt=tarfile.GNU_FORMAT)
     assert b"././@LongLink" in blob
-    found = [m for m, _ in members(blob)]
+    found = [m for m, _data in members(blob)]
     assert found[0].name == long_name
     assert found[1].linkname == long_link
     assert (found[2].name, found[2].linkname) == (long_name + "2", long_name)
@@ -144,7 +144,7 @@ def test_pax_global_headers_apply_to_later_members():
                       pax_headers={"SCHILY.xattr.user.all": "yes"}) as archive:
         archive.addfile(*[info("a", data=b"1")[0], io.BytesIO(b"1")])
         archive.addfile(*[info("b", data=b"2")[0], io.BytesIO(b"2")])
-    found = [m for m, _ in members(buffer.getvalue())]
+    found = [m for m, _data in members(buffer.getvalue())]
     assert [m.xattrs for m in found] == [[("user.all", b"yes")]] * 2
 
 
@@ -199,7 +199,7 @@ def test_truncation_and_empty_streams():
     with pytest.raises(MalformedTar, match="empty"):
         members(b"")
     # Ending at a member boundary, with no end-of-archive blocks, is accepted (as tarfile and GNU tar do).
-    assert [m.name for m, _ in members(blob[:BLOCK + 10_240])] == ["big"]
+    assert [m.name for m, _data in members(blob[:BLOCK + 10_240])] == ["big"]
     pax = make_tar(info("p" * 150, data=b"x"))
     with pytest.raises(TruncatedTar, match="extended header"):
         members(pax[:BLOCK + 10])
