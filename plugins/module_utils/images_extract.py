@@ -92,14 +92,12 @@ class HashingReader:
                 self.progress(len(data))
         return data
 
-    def readinto(self, buffer: memoryview) -> int:
-        count = self.raw.readinto(buffer)  # type: ignore[attr-defined]
-        if count:
-            self.sha256.update(buffer[:count])
-            self.size += count
-            if self.progress:
-                self.progress(count)
-        return count
+    def account(self, data: bytes | memoryview) -> None:
+        """Hash and count data that the caller read from raw itself."""
+        self.sha256.update(data)
+        self.size += len(data)
+        if self.progress:
+            self.progress(len(data))
 
     def drain(self) -> None:
         while self.read(CHUNK):
@@ -195,8 +193,8 @@ class LayerStream:
     def __init__(self, raw: IO[bytes], zstd: str | None = None,
                  progress: Callable[[int], None] | None = None) -> None:
         self.blob = HashingReader(raw, progress)
-        head = self.blob.read(4)
-        self._head = head
+        # The first bytes, read (and hashed) to tell the compression; readers of the tar get them again.
+        head = self.head = self.blob.read(4)
         if head[:2] == b"\x1f\x8b":
             self.compression = "gzip"
         elif head == b"\x28\xb5\x2f\xfd":
@@ -222,11 +220,9 @@ class LayerStream:
         return self.tar.read(size)
 
     @property
-    def readinto(self) -> Callable[[memoryview], int] | None:
-        """An uncompressed blob can be read into buffers the caller reuses (when its file object can)."""
-        if self.compression == "none" and hasattr(self.blob.raw, "readinto"):
-            return self.inner.readinto
-        return None
+    def plain_file(self) -> bool:
+        """Uncompressed, from a file object that can read into the caller's buffers (see HashBehind)."""
+        return self.compression == "none" and hasattr(self.blob.raw, "readinto")
 
     def finish(self) -> None:
         """Read to the end (tar padding after the end-of-archive blocks counts toward both digests)."""
@@ -248,57 +244,23 @@ class _Replay:
             return data if len(data) >= size else data + self.raw.read(size - len(data))
         return self.raw.read(size)
 
-    def readinto(self, buffer: memoryview) -> int:
-        if self.head:
-            count = len(self.head)
-            buffer[:count], self.head = self.head, b""
-            return count + self.raw.readinto(buffer[count:])
-        return self.raw.readinto(buffer)
-
 
 class Prefetcher:
     """Reads, hashes and decompresses the layer in a thread of its own, a few chunks ahead, while the
-    caller parses and writes: zlib and hashlib release the GIL, so the two overlap as `tar -z` does.
+    caller parses and writes: zlib and hashlib release the GIL, so the two overlap as `tar -z` does."""
 
-    Given readinto (an uncompressed blob), chunks are read into a few buffers that go round: fresh memory
-    for every chunk costs a page fault per 4 KiB, which is a third of the time of a read. A chunk that
-    read() returned is the caller's until its next call of read().
-    """
-
-    def __init__(self, read: Callable[[int], bytes], depth: int = 8,
-                 readinto: Callable[[memoryview], int] | None = None) -> None:
+    def __init__(self, read: Callable[[int], bytes], depth: int = 8) -> None:
         self._read = read
-        self._readinto = readinto
         self.chunks: queue.Queue = queue.Queue(maxsize=depth)
-        self._free: queue.SimpleQueue | None = None
-        self._held: bytearray | None = None
-        if readinto:
-            self._free = queue.SimpleQueue()
-            for _slot in range(depth + 2):  # the queue's, the one being read and the caller's
-                self._free.put(bytearray(CHUNK))
         self.error: BaseException | None = None
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
         self.thread.start()
 
-    def _next(self) -> bytes | memoryview:
-        if self._free is None or self._readinto is None:
-            return self._read(CHUNK)
-        while True:
-            try:
-                buffer = self._free.get(timeout=0.1)
-                break
-            except queue.Empty:
-                if self.stopped.is_set():
-                    return b""
-        view = memoryview(buffer)
-        count = self._readinto(view)
-        return view[:count] if count else b""
-
     def _run(self) -> None:
         try:
             while not self.stopped.is_set():
-                chunk = self._next()
+                chunk = self._read(CHUNK)
                 self._put(chunk)
                 if not chunk:
                     return
@@ -306,7 +268,7 @@ class Prefetcher:
             self.error = error
             self._put(b"")
 
-    def _put(self, chunk: bytes | memoryview) -> None:
+    def _put(self, chunk: bytes) -> None:
         while not self.stopped.is_set():
             try:
                 self.chunks.put(chunk, timeout=0.1)
@@ -314,10 +276,7 @@ class Prefetcher:
             except queue.Full:
                 continue
 
-    def read(self, _size: int = CHUNK) -> bytes | memoryview:
-        if self._held is not None and self._free is not None:
-            self._free.put(self._held)
-            self._held = None
+    def read(self, _size: int = CHUNK) -> bytes:
         if self.stopped.is_set():
             return b""
         chunk = self.chunks.get()
@@ -325,13 +284,78 @@ class Prefetcher:
             self.stopped.set()
             if self.error:
                 raise self.error
-        elif isinstance(chunk, memoryview):
-            self._held = chunk.obj  # type: ignore[assignment]
         return chunk
 
     def close(self) -> None:
         self.stopped.set()
         self.thread.join()
+
+
+class HashBehind:
+    """An uncompressed blob from a file: the caller reads it, and a thread of its own hashes what was read.
+
+    Nothing is left to decompress, so a thread reading ahead would do the read and the hash, the larger part
+    of the work, while the caller only writes. Reading in the caller and hashing behind it splits the work
+    more evenly over two cores. The chunks go round a few buffers (fresh memory for every chunk costs a
+    page fault per 4 KiB, a third of the time of a read); a buffer comes back for reading only once it was
+    hashed, and the caller is done with a chunk when it asks for the next one. What is hashed is what
+    was extracted: the very same bytes in memory.
+    """
+
+    def __init__(self, stream: LayerStream, depth: int = 8) -> None:
+        self._head = stream.head
+        self._raw = stream.blob.raw
+        self._blob = stream.blob
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        self._buffers_left = depth  # made when needed: a small layer needs one
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
+        self._ended = False
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self._todo.get()) is not None:
+            buffer, start, count = item
+            try:
+                if self.error is None:
+                    self._blob.account(memoryview(buffer)[start:count])
+            except BaseException as error:  # raised by close(), in the caller's thread
+                self.error = error
+            self._free.put(buffer)
+
+    def read(self, _size: int = CHUNK) -> bytes | memoryview:
+        if self._ended:
+            return b""
+        try:
+            buffer = self._free.get_nowait()
+        except queue.Empty:
+            if self._buffers_left:
+                self._buffers_left -= 1
+                buffer = bytearray(CHUNK)
+            else:
+                buffer = self._free.get()  # the hashing thread is behind: wait for it
+        view = memoryview(buffer)
+        # The first bytes were read (and hashed) already, to tell the compression.
+        start = len(self._head)
+        if start:
+            view[:start] = self._head
+            self._head = b""
+        count = start + self._raw.readinto(view[start:])  # type: ignore[attr-defined]
+        if not count:
+            self._ended = True
+            self._free.put(buffer)
+            return b""
+        self._todo.put((buffer, start, count))
+        return view[:count]
+
+    def close(self) -> None:
+        """Wait until everything read is hashed (idempotent)."""
+        if self.thread.is_alive():
+            self._todo.put(None)
+            self.thread.join()
+        if self.error:
+            raise self.error
 
 
 # -- extraction ----------------------------------------------------------------------------------
@@ -590,14 +614,15 @@ def extract_layer(raw: IO[bytes], root: str, *, digest: str | None = None, diff_
         raise NsboxError(f"layer directory {root} is not empty; layers are extracted into fresh directories only",
                          path=root)
     stream = LayerStream(raw, zstd=zstd, progress=progress)
-    prefetcher = Prefetcher(stream.read, readinto=stream.readinto)
+    source = HashBehind(stream) if stream.plain_file else Prefetcher(stream.read)
     try:
-        result = LayerExtractor(root, allow_devices=allow_devices).extract(prefetcher.read)
-        while prefetcher.read():
+        result = LayerExtractor(root, allow_devices=allow_devices).extract(source.read)
+        while source.read():
             pass  # the rest (tar padding) counts toward both digests
+        source.close()  # everything read is hashed
         stream.blob.drain()
     finally:
-        prefetcher.close()
+        source.close()
         if isinstance(stream.inner, _ZstdReader) and stream.inner.proc.poll() is None:
             stream.inner.proc.kill()
             stream.inner.proc.wait()

@@ -155,10 +155,12 @@ class TarReader:
     """Tar members, one header at a time, from a function that returns the stream in chunks (b"" at its end).
 
     After next() returns a member, its data is the next thing in the stream: write_data() or skip_data()
-    takes it (and its padding) before the next call of next().
+    takes it (and its padding) before the next call of next(). The reader keeps no view of a chunk once it
+    asks for the next one (headers and extension payloads are copies), so read_chunk may hand out the same
+    buffer again.
     """
 
-    def __init__(self, read_chunk: Callable[[], bytes]) -> None:
+    def __init__(self, read_chunk: Callable[[], bytes | memoryview]) -> None:
         self._read_chunk = read_chunk
         self._chunk = memoryview(b"")
         self._pos = 0
