@@ -217,3 +217,40 @@ def test_refuses_a_directory_that_is_not_empty(tmp_path: Path):
     (root / "stale").write_text("x")
     with pytest.raises(NsboxError, match="not empty"):
         extract_layer(io.BytesIO(make_tar(member("a", data=b"x"))), str(root))
+
+
+def test_uncompressed_files_in_small_chunks(tmp_path: Path, monkeypatch):
+    """A plain tar from a file is read into reused buffers; members and headers straddle them."""
+    from ansible_collections.nsbox.primitives.plugins.module_utils import images_extract
+
+    monkeypatch.setattr(images_extract, "CHUNK", 1000)
+    payloads = {f"d/f{i}": os.urandom(i * 397) for i in range(12)}
+    blob = make_tar(*(member(name, data=data) for name, data in payloads.items()))
+    path = tmp_path / "layer.tar"
+    path.write_bytes(blob)
+    root = fresh(tmp_path)
+    with open(path, "rb") as raw:
+        result, digest, diff_id = extract_layer(raw, str(root), digest="sha256:" + hashlib.sha256(blob).hexdigest())
+    assert digest == diff_id
+    assert {name: (root / name).read_bytes() for name in payloads} == payloads
+    assert result.bytes == sum(len(data) for data in payloads.values())
+
+
+def test_exact_pax_mtimes(tmp_path: Path):
+    precise = member("precise", data=b"x")
+    precise[0].pax_headers = {"mtime": "1700000000.123456789"}
+    root = extract(tmp_path, make_tar(precise))[1]
+    assert os.lstat(root / "precise").st_mtime_ns == 1_700_000_000_123_456_789
+
+
+def test_corrupt_header_and_sparse_members(tmp_path: Path):
+    blob = bytearray(make_tar(member("a", data=b"x"), member("b", data=b"y")))
+    second = blob.index(b"b\0\0\0")  # the name field of b's header
+    blob[second + 1] = ord("!")
+    with pytest.raises(CorruptLayer, match="wrong checksum"):
+        extract(tmp_path, bytes(blob))
+    sparse = member("holes", data=b"x")
+    sparse[0].pax_headers = {"GNU.sparse.major": "1", "GNU.sparse.minor": "0"}
+    with pytest.raises(UnsafeMember, match="sparse") as caught:
+        extract_layer(io.BytesIO(make_tar(sparse)), str(fresh(tmp_path, "sparse")))
+    assert caught.value.details["member"] == "holes"
