@@ -21,7 +21,7 @@ def parse_mode(option: str, mode: str | int) -> int:
     except ValueError:
         value = -1
     if not 0 <= value <= 0o7777:
-        raise NsboxError(f"{option} {mode!r} is not an octal permission such as '0644'")
+        raise NsboxError(f"{option} {mode!r} is not an octal permission such as '0644' or '0755'")
     return value
 
 

@@ -9,6 +9,7 @@ import shutil
 from typing import Any
 
 from ansible_collections.nsbox.primitives.plugins.module_utils import mountinfo, overlay
+from ansible_collections.nsbox.primitives.plugins.module_utils.files import parse_mode
 from ansible_collections.nsbox.primitives.plugins.module_utils.manager import Manager, NsboxError
 
 _LAYER_KEYS = {"lowerdir", "upperdir", "workdir", "lowerdir+", "datadir+"}
@@ -36,18 +37,6 @@ def observed_state(mount: mountinfo.Mount | None) -> dict[str, Any]:
     else:
         state["source"] = mount.source
     return state
-
-
-def _parse_mode(mode: str | int) -> int:
-    if isinstance(mode, int):
-        return mode
-    try:
-        value = int(str(mode), 8)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 0o7777:
-        raise NsboxError(f"mode {mode!r} is not an octal permission such as '0755'")
-    return value
 
 
 class OverlayMountManager(Manager):
@@ -106,7 +95,7 @@ class OverlayMountManager(Manager):
 
     def _spec(self) -> overlay.OverlaySpec:
         self._check_syntax_of_given_paths()
-        self.mode = _parse_mode(self.params["mode"])
+        self.mode = parse_mode("mode", self.params["mode"])
         if not self.lowerdirs:
             raise NsboxError(f"state=mounted needs lowerdirs for {self.path}: list the lower layers, top first")
         if bool(self.upperdir) != bool(self.workdir):

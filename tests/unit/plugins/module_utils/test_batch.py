@@ -7,31 +7,21 @@ import pytest
 from ansible_collections.nsbox.primitives.plugins.module_utils import argspecs, batch
 from ansible_collections.nsbox.primitives.plugins.module_utils.manager import Manager, NsboxError
 from ansible_collections.nsbox.primitives.plugins.module_utils.sysctl import proc_path
+from standins import Finished
+from standins import RecordingModule as ManagerRecordingModule
 
 
-class Finished(Exception):
-    def __init__(self, kind: str, result: dict) -> None:
-        super().__init__(kind)
-        self.kind = kind
-        self.result = result
+class RecordingModule(ManagerRecordingModule):
+    """The stand-in, with what a batch reads of its module too."""
 
-
-class RecordingModule:
     def __init__(self, steps: list, check_mode: bool = False) -> None:
+        super().__init__("present", check_mode)
         self.params = {"steps": steps}
-        self.check_mode = check_mode
-        self._diff = True
         self.no_log_values: set = set()
         self.warnings: list = []
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
-
-    def exit_json(self, **result):
-        raise Finished("exit", result)
-
-    def fail_json(self, **result):
-        raise Finished("fail", result)
 
 
 LOG: list[str] = []

@@ -4,28 +4,7 @@ from __future__ import annotations
 
 import pytest
 from ansible_collections.nsbox.primitives.plugins.module_utils.manager import Manager, NsboxError
-
-
-class Finished(Exception):
-    def __init__(self, kind: str, result: dict) -> None:
-        super().__init__(kind)
-        self.kind = kind
-        self.result = result
-
-
-class RecordingModule:
-    """Only what Manager touches; AnsibleModule itself is exercised by every integration test."""
-
-    def __init__(self, state: str, check_mode: bool = False) -> None:
-        self.params = {"state": state}
-        self.check_mode = check_mode
-        self._diff = True
-
-    def exit_json(self, **result):
-        raise Finished("exit", result)
-
-    def fail_json(self, **result):
-        raise Finished("fail", result)
+from standins import Finished, RecordingModule
 
 
 class Things(Manager):
