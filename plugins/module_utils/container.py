@@ -93,7 +93,29 @@ class ContainerManager(Manager):
             time.sleep(0.05)
 
     # -- states ------------------------------------------------------------------------------------
+    def _predict_without_dependencies(self) -> bool:
+        """Check mode on a fresh host: the rootfs and network namespace an earlier task would make do not exist
+        yet, so the spec cannot be read from them; predict the start (a change) as the other modules do."""
+        if not self.check_mode:
+            return False
+        missing = []
+        rootfs = self.params.get("rootfs")
+        if rootfs and not os.path.lexists(rootfs):
+            missing.append(f"rootfs {rootfs}")
+        netns = self.params.get("netns") or "private"
+        if netns not in ("host", "private") and "/" not in netns and not os.path.exists(f"/run/netns/{netns}"):
+            missing.append(f"network namespace {netns}")
+        if not missing:
+            return False
+        for what in missing:
+            self.module.warn(f"{what} does not exist; check mode assumes an earlier task creates it")
+        self.diff.add("status", self.observed["status"], "running")
+        self._report({"status": "running", "pid": None, "log_path": self.params.get("log_path")})
+        return True
+
     def started(self) -> None:
+        if self._predict_without_dependencies():
+            return
         spec = container_spec.build(self.params)
         digest = container_spec.spec_hash(spec)
         observed = self.observed

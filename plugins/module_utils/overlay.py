@@ -71,7 +71,9 @@ def check_path_syntax(label: str, path: str) -> None:
             "its options; rename the directory or bind-mount it at a path without these characters", path=path)
 
 
-def check_lowerdirs(lowerdirs: list[str], has_upper: bool) -> None:
+def check_lowerdirs(lowerdirs: list[str], has_upper: bool, missing_ok: bool = False) -> list[str]:
+    """Refuse lowerdirs overlayfs would refuse; with missing_ok (check mode, where an earlier task may be
+    about to make them) return the missing ones instead of failing on them."""
     if not lowerdirs:
         raise NsboxError("lowerdirs is empty: an overlay needs at least one lower directory")
     if not has_upper and len(lowerdirs) < 2:
@@ -79,13 +81,18 @@ def check_lowerdirs(lowerdirs: list[str], has_upper: bool) -> None:
             f"a read-only overlay (no upperdir) needs at least two lowerdirs, got {lowerdirs}; add an upperdir "
             "and workdir for a writable overlay, or bind-mount the single directory instead")
     seen = set()
+    missing: list[str] = []
     for lower in lowerdirs:
         if lower in seen:
             raise NsboxError(f"lowerdir {lower} is listed twice; each layer may appear once", path=lower)
         seen.add(lower)
         if not os.path.isdir(lower):
+            if missing_ok and not os.path.lexists(lower):
+                missing.append(lower)
+                continue
             what = "does not exist" if not os.path.lexists(lower) else "is not a directory"
             raise NsboxError(f"lowerdir {lower} {what}; create it or fix the path", path=lower)
+    return missing
 
 
 def check_upper_and_work(upperdir: str, workdir: str) -> None:

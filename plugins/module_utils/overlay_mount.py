@@ -141,7 +141,8 @@ class OverlayMountManager(Manager):
         return ""
 
     def _mount(self, spec: overlay.OverlaySpec) -> None:
-        overlay.check_lowerdirs(spec.lowerdirs, bool(spec.upperdir))
+        for lower in overlay.check_lowerdirs(spec.lowerdirs, bool(spec.upperdir), missing_ok=self.check_mode):
+            self.module.warn(f"lowerdir {lower} does not exist; check mode assumes an earlier task creates it")
         if spec.upperdir:
             overlay.check_upper_and_work(spec.upperdir, spec.workdir)
         if os.path.lexists(self.path) and not os.path.isdir(self.path):

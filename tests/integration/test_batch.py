@@ -207,3 +207,26 @@ def test_nftables_refuses_a_bad_ruleset_before_writing(nft_table, tmp_path):
             "family": "ip", "table": nft_table, "path": path, "content": bad}}]}, check=check, expect_failure=True)
         assert f"checking the ruleset of table ip {nft_table}" in failed["msg"]
     assert not os.path.exists(path) and not nft_table_exists("ip", nft_table)
+
+
+def test_check_mode_predicts_what_earlier_steps_would_make(made, tmp_path):
+    """On a fresh host the image's layers, the rootfs and the namespace do not exist yet when --check runs."""
+    netns = made.new_netns()
+    lower, base = str(tmp_path / "layers" / "a"), tmp_path / "c"
+    steps = [
+        {"module": "netns", "args": {"name": netns}},
+        {"module": "overlay_mount", "args": {"path": str(base / "rootfs"), "lowerdirs": [lower],
+                                             "upperdir": str(base / "upper"), "workdir": str(base / "work")}},
+        {"module": "nsbox_container", "args": {"name": made.name("nbtc"), "rootfs": str(base / "rootfs"),
+                                               "netns": netns, "command": ["/bin/true"]}},
+    ]
+    predicted = run_module("batch", {"steps": steps}, check=True)
+    assert [r["changed"] for r in predicted["results"]] == [True, True, True]
+    assert predicted["results"][2]["status"] == "running"
+    warnings = " ".join(str(w) for w in predicted.get("warnings", []))
+    assert f"lowerdir {lower} does not exist" in warnings and f"network namespace {netns} does not exist" in warnings
+    assert not netns_exists(netns) and not base.exists()
+    # A real run still refuses the missing layer, and undoes the namespace it made first.
+    failed = run_module("batch", {"steps": steps}, expect_failure=True)
+    assert failed["step"] == 2 and f"lowerdir {lower} does not exist" in failed["msg"]
+    assert not netns_exists(netns) and not (base / "rootfs").exists()
