@@ -207,7 +207,7 @@ FILE = ModuleSpec(
 SYSCTL = ModuleSpec(
     argument_spec=dict(
         name=dict(type="str", required=True),
-        value=dict(type="str", required=True),
+        value=dict(type="raw", required=True),
     ),
 )
 

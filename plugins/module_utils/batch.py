@@ -69,7 +69,6 @@ class StepModule:
         self.params = params
         self.check_mode: bool = module.check_mode
         self._diff: bool = True
-        self.defer_close = True  # the batch closes the step's namespaces at its end, after any undo
 
     def warn(self, message: str) -> None:
         self._module.warn(f"{self.label}: {message}")
@@ -135,7 +134,7 @@ class BatchManager(Manager):
             manager = _manager_class(kind)(StepModule(self.module, label, params))
             self.step_managers.append(manager)
             try:
-                manager.execute()
+                manager.execute(close=False)  # closed at the batch's end, after any undo
             except _StepExit as outcome:
                 result = outcome.result
                 step_diff = result.pop("diff", None)

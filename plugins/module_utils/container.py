@@ -103,7 +103,7 @@ class ContainerManager(Manager):
         if rootfs and not os.path.lexists(rootfs):
             missing.append(f"rootfs {rootfs}")
         netns = self.params.get("netns") or "private"
-        if netns not in ("host", "private") and "/" not in netns and not os.path.exists(f"/run/netns/{netns}"):
+        if "/" not in netns and container_spec.netns_missing(netns):
             missing.append(f"network namespace {netns}")
         if not missing:
             return False

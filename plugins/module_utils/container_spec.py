@@ -171,6 +171,11 @@ def _user_namespace(value: dict[str, Any] | None) -> dict[str, Any] | None:
             "idmap_rootfs": bool(value.get("idmap_rootfs", True))}
 
 
+def netns_missing(netns: str) -> bool:
+    """A named network namespace (not host or private) that /run/netns does not have."""
+    return netns not in ("host", "private") and ("/" in netns or not os.path.exists(f"/run/netns/{netns}"))
+
+
 def build(params: dict[str, Any]) -> dict[str, Any]:
     """The normalized spec of a container from the module's parameters."""
     name = params["name"]
@@ -192,7 +197,7 @@ def build(params: dict[str, Any]) -> dict[str, Any]:
     hostname = params.get("hostname") or name[:63]
     env.setdefault("HOSTNAME", hostname)
     netns = params.get("netns") or "private"
-    if netns not in ("host", "private") and ("/" in netns or not os.path.exists(f"/run/netns/{netns}")):
+    if netns_missing(netns):
         raise NsboxError(f"network namespace {netns!r} does not exist (/run/netns/{netns}); create it with "
                          "nsbox.primitives.netns, or use netns=private or host", netns=netns)
     user = params.get("user") or image.get("user") or "0"

@@ -10,7 +10,12 @@ import stat
 import tempfile
 from typing import Any
 
-from ansible_collections.nsbox.primitives.plugins.module_utils.manager import Manager, NsboxError, kernel_error
+from ansible_collections.nsbox.primitives.plugins.module_utils.manager import (
+    Manager,
+    NsboxError,
+    UndoStack,
+    kernel_error,
+)
 
 
 def parse_mode(option: str, mode: str | int) -> int:
@@ -23,6 +28,30 @@ def parse_mode(option: str, mode: str | int) -> int:
     if not 0 <= value <= 0o7777:
         raise NsboxError(f"{option} {mode!r} is not an octal permission such as '0644' or '0755'")
     return value
+
+
+def make_parents(directory: str, mode: int, undo: UndoStack) -> None:
+    """The missing directories up to `directory`, each with `mode` and an undo step that removes it."""
+    if os.path.isdir(directory):
+        return
+    make_parents(os.path.dirname(directory), mode, undo)
+    os.mkdir(directory, mode)
+    os.chmod(directory, mode)  # mkdir's mode is filtered by the umask
+    undo.push(f"remove directory {directory}", lambda: os.rmdir(directory))
+
+
+def write_atomically(path: str, content: str, mode: int, owner: int = 0, group: int = 0) -> None:
+    """Written beside and renamed over: a reader (nginx reloading, nft) never sees half a file."""
+    descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8", errors="surrogateescape") as handle:
+            handle.write(content)
+            os.fchown(handle.fileno(), owner, group)
+            os.fchmod(handle.fileno(), mode)
+        os.rename(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def _observe(path: str) -> dict[str, Any] | None:
@@ -97,26 +126,10 @@ class FileManager(Manager):
             os.unlink(path)
 
     def _make_parents(self, directory: str) -> None:
-        if os.path.isdir(directory):
-            return
-        self._make_parents(os.path.dirname(directory))
-        mode = parse_mode("directory_mode", self.params["directory_mode"])
-        os.mkdir(directory, mode)
-        os.chmod(directory, mode)
-        self.undo.push(f"remove directory {directory}", lambda: os.rmdir(directory))
+        make_parents(directory, parse_mode("directory_mode", self.params["directory_mode"]), self.undo)
 
     def _write(self, path: str, wanted: dict[str, Any]) -> None:
-        # Written beside and renamed over: a reader (nginx reloading, nft) never sees half a file.
-        descriptor, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=f".{os.path.basename(path)}.")
-        try:
-            with os.fdopen(descriptor, "w", encoding="utf-8", errors="surrogateescape") as handle:
-                handle.write(wanted["content"])
-                os.fchown(handle.fileno(), wanted["owner"], wanted["group"])
-                os.fchmod(handle.fileno(), int(wanted["mode"], 8))
-            existed = os.path.exists(path)
-            os.rename(temporary, path)
-        except BaseException:
-            os.unlink(temporary)
-            raise
+        existed = os.path.exists(path)
+        write_atomically(path, wanted["content"], int(wanted["mode"], 8), wanted["owner"], wanted["group"])
         if not existed:
             self.undo.push(f"remove file {path}", lambda: os.unlink(path))

@@ -67,4 +67,4 @@ class HostCheckManager(Manager):
                                  "missing or 0); use a kernel built with CONFIG_USER_NS and set "
                                  "user.max_user_namespaces above 0")
         self.result.update(cgroup_hierarchy=hierarchy, controllers=controllers,
-                           filesystems=sorted(name for name in p["filesystems"] if name in have or self.check_mode))
+                           filesystems=p["filesystems"])  # each is there now (or would be loaded, in check mode)

@@ -103,12 +103,13 @@ class Manager:
     def close(self) -> None:
         """Release what the run holds open (namespaces); undoing its work needs them until then."""
 
-    def execute(self) -> None:
+    def execute(self, close: bool = True) -> None:
+        """close=False keeps what the run holds open: a batch step's undo may still be needed by a later
+        step's failure, so the batch closes its steps at its own end."""
         try:
             self._execute()
         finally:
-            # A batch step's undo may still be needed by a later step's failure: the batch closes it.
-            if not getattr(self.module, "defer_close", False):
+            if close:
                 self.close()
 
     def _execute(self) -> None:

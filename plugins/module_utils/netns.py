@@ -15,7 +15,7 @@ import signal
 import time
 from typing import Any
 
-from ansible_collections.nsbox.primitives.plugins.module_utils import mountinfo, netlink, syscalls
+from ansible_collections.nsbox.primitives.plugins.module_utils import mountinfo, netlink, syscalls, sysctl
 from ansible_collections.nsbox.primitives.plugins.module_utils.locking import object_lock
 from ansible_collections.nsbox.primitives.plugins.module_utils.manager import Manager, NsboxError, kernel_error
 
@@ -28,18 +28,10 @@ def normalize_sysctls(values: dict[str, Any] | None) -> dict[str, str]:
         if not name.startswith("net.") or ".." in name or name.endswith("."):
             raise NsboxError(f"sysctl {key!r} is not a network-namespaced setting (those start with net.); set "
                              "others on the host (ansible.posix.sysctl) or per container", sysctl=str(key))
-        if isinstance(value, bool):
-            text = "1" if value else "0"
-        elif value is None:
+        if value is None:
             raise NsboxError(f"sysctl {name} has no value; give one, e.g. {name}: 1", sysctl=name)
-        else:
-            text = " ".join(str(value).split())
-        result[name] = text
+        result[name] = sysctl.normalize(value)
     return result
-
-
-def sysctl_path(name: str) -> str:
-    return "/proc/sys/" + name.replace(".", "/")
 
 
 def read_sysctls(ns: netlink.Namespace, names: list[str]) -> dict[str, str | None]:
@@ -47,8 +39,8 @@ def read_sysctls(ns: netlink.Namespace, names: list[str]) -> dict[str, str | Non
     with netlink.inside(ns.fd, ns.label):
         for name in names:
             try:
-                with open(sysctl_path(name)) as handle:
-                    values[name] = " ".join(handle.read().split())
+                with open(sysctl.proc_path(name)) as handle:
+                    values[name] = sysctl.normalize(handle.read())
             except FileNotFoundError:
                 values[name] = None
             except OSError as error:
@@ -67,8 +59,8 @@ def fresh_sysctls(names: list[str]) -> dict[str, str | None]:
         try:
             for name in names:
                 try:
-                    with open(sysctl_path(name)) as handle:
-                        values[name] = " ".join(handle.read().split())
+                    with open(sysctl.proc_path(name)) as handle:
+                        values[name] = sysctl.normalize(handle.read())
                 except OSError:
                     values[name] = None
         finally:
@@ -81,7 +73,7 @@ def fresh_sysctls(names: list[str]) -> dict[str, str | None]:
 def write_sysctl(ns: netlink.Namespace, name: str, value: str) -> None:
     with netlink.inside(ns.fd, ns.label):
         try:
-            with open(sysctl_path(name), "w") as handle:
+            with open(sysctl.proc_path(name), "w") as handle:
                 handle.write(value)
         except OSError as error:
             raise kernel_error(error, f"setting sysctl {name}={value} in {ns.label}",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 
+from ansible_collections.nsbox.primitives.plugins.module_utils.files import make_parents, write_atomically
 from ansible_collections.nsbox.primitives.plugins.module_utils.manager import Manager, NsboxError, kernel_error
 
 
@@ -42,11 +43,7 @@ class NftablesManager(Manager):
     def present(self) -> None:
         p = self.params
         label = f"{p['family']} {p['table']}"
-        try:
-            with open(p["path"], encoding="utf-8") as handle:
-                current: str | None = handle.read()
-        except FileNotFoundError:
-            current = None
+        current = self._read(p["path"])
         loaded = self._table_loaded()
         content_changed = current != p["content"]
         self.diff.add(p["path"], current, p["content"])
@@ -69,17 +66,25 @@ class NftablesManager(Manager):
         p = self.params
         label = f"{p['family']} {p['table']}"
         loaded = self._table_loaded()
-        exists = bool(p["path"]) and os.path.exists(p["path"])
+        current = self._read(p["path"]) if p["path"] else None
         self.diff.add(f"table {label}", "loaded" if loaded else "absent", "absent")
-        if exists:
-            self.diff.add(p["path"], "present", None)
+        if current is not None:
+            self.diff.add(p["path"], current, None)
         self.result.update(table=p["table"], family=p["family"], path=p["path"], reloaded=False)
         if self.check_mode:
             return
         if loaded:
             self._nft("delete", "table", p["family"], p["table"], what=f"deleting table {label}")
-        if exists:
+        if current is not None:
             os.unlink(p["path"])
+
+    @staticmethod
+    def _read(path: str) -> str | None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
 
     def _check(self, content: str, label: str) -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".nft", prefix="nsbox-check-") as handle:
@@ -88,19 +93,9 @@ class NftablesManager(Manager):
             self._nft("-c", "-f", handle.name, what=f"checking the ruleset of table {label} (nft -c)")
 
     def _write(self, path: str, content: str, previous: str | None) -> None:
-        _replace(path, content)
+        make_parents(os.path.dirname(path), 0o700, self.undo)
+        write_atomically(path, content, 0o600)
         if previous is None:
             self.undo.push(f"remove file {path}", lambda: os.unlink(path))
         else:
-            self.undo.push(f"restore file {path}", lambda: _replace(path, previous))
-
-
-def _replace(path: str, content: str) -> None:
-    directory = os.path.dirname(path)
-    if not os.path.isdir(directory):
-        os.makedirs(directory, mode=0o700)
-    descriptor, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.")
-    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-        handle.write(content)
-    os.chmod(temporary, 0o600)
-    os.rename(temporary, path)
+            self.undo.push(f"restore file {path}", lambda: write_atomically(path, previous, 0o600))

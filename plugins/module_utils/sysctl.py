@@ -21,7 +21,9 @@ def proc_path(name: str) -> str:
 
 
 def normalize(value: Any) -> str:
-    """The kernel separates multiple values with tabs; compare them as words."""
+    """A value as the kernel prints it: booleans as 1 or 0, fields (tab-separated there) as words."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
     return " ".join(str(value).split())
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from ansible_collections.nsbox.primitives.plugins.module_utils import argspecs, batch
 from ansible_collections.nsbox.primitives.plugins.module_utils.manager import Manager, NsboxError
-from ansible_collections.nsbox.primitives.plugins.module_utils.sysctl import proc_path
+from ansible_collections.nsbox.primitives.plugins.module_utils.sysctl import normalize, proc_path
 from standins import Finished
 from standins import RecordingModule as ManagerRecordingModule
 
@@ -116,3 +116,9 @@ def test_sysctl_paths(name, path):
 def test_sysctl_names_that_are_refused(name):
     with pytest.raises(NsboxError, match="is not a sysctl name"):
         proc_path(name)
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (True, "1"), (False, "0"), (1, "1"), ("0\t  2147483647\n", "0 2147483647")])
+def test_sysctl_values_as_the_kernel_prints_them(value, text):
+    assert normalize(value) == text
